@@ -1,0 +1,275 @@
+"""The language both sides speak: events (engine → UI, run log) and commands (UI → engine).
+
+Every event and command is a small frozen dataclass that round-trips through JSON, so the same
+objects go to ``events.jsonl``, to a headless progress display, to the TUI, and (later) over the
+control socket to an attached TUI.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+_EVENT_TYPES: dict[str, type[Event]] = {}
+_COMMAND_TYPES: dict[str, type[Command]] = {}
+
+
+def _register(registry: dict, cls: type) -> type:
+    registry[cls.kind] = cls
+    return cls
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events. ``kind`` names the type in JSON; ``ts`` is the wall-clock time."""
+
+    kind: ClassVar[str] = "event"
+    ts: float = field(default_factory=time.time, kw_only=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=False)
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(_EVENT_TYPES, cls)
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """Rebuild an event from its JSON form; unknown fields are ignored so old logs stay readable."""
+    kind = data.get("kind")
+    cls = _EVENT_TYPES.get(kind or "")
+    if cls is None:
+        raise ValueError(f"unknown event kind {kind!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+# --- run lifecycle ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    run_dir: str
+    profile: str
+    seed: int
+    generations: int
+    population_size: int
+    resumed_from: int | None = None  # generation resumed after, when resuming
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    kind: ClassVar[str] = "run_finished"
+    status: str  # completed | stopped | failed
+    champion: str | None = None
+    champion_fitness: float | None = None
+    export_dir: str | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class EnginePaused(Event):
+    kind: ClassVar[str] = "engine_paused"
+    paused: bool  # True: paused, False: running again
+
+
+@dataclass(frozen=True)
+class Log(Event):
+    kind: ClassVar[str] = "log"
+    level: str  # info | warning | error
+    message: str
+
+
+# --- workers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerState(Event):
+    kind: ClassVar[str] = "worker_state"
+    worker: str  # e.g. "teacher", "coliseum-0"
+    role: str  # teacher | coliseum
+    device: str
+    state: str  # starting | ready | busy | idle | dead | stopped
+    pid: int | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ReferenceReport(Event):
+    """A reference score on the validation split: the untrained student (the floor every
+    individual should beat) or the teacher (the target of the specialisation)."""
+
+    kind: ClassVar[str] = "reference"
+    model: str  # student | teacher
+    val_loss: float
+    perplexity: float
+    seconds: float
+
+
+# --- generations and individuals --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GenerationStarted(Event):
+    kind: ClassVar[str] = "generation_started"
+    generation: int
+    to_train: list[str]
+
+
+@dataclass(frozen=True)
+class IndividualUpdate(Event):
+    """A snapshot of one individual whenever its status or scores change."""
+
+    kind: ClassVar[str] = "individual"
+    id: str
+    generation: int
+    status: str  # queued | training | evaluating | evaluated | paused | elite | promoted | culled | failed
+    rank: int
+    alpha: float
+    learning_rate: float
+    parents: list[str]
+    operator: str
+    fitness: float | None = None
+    val_loss: float | None = None
+    perplexity: float | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TrainProgress(Event):
+    kind: ClassVar[str] = "train_progress"
+    id: str
+    step: int
+    steps: int
+    loss: float
+    terms: dict[str, float] = field(default_factory=dict)  # e.g. {"ce": 2.1}; distillation adds "kd"
+
+
+@dataclass(frozen=True)
+class TrainFinished(Event):
+    kind: ClassVar[str] = "train_finished"
+    id: str
+    worker: str
+    steps: int
+    loss: float
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvaluationFinished(Event):
+    kind: ClassVar[str] = "evaluation_finished"
+    worker: str
+    ids: list[str]
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class GenerationFinished(Event):
+    kind: ClassVar[str] = "generation_finished"
+    generation: int
+    best: float
+    mean: float
+    worst: float
+    champion: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class CheckpointWritten(Event):
+    kind: ClassVar[str] = "checkpoint"
+    generation: int
+    path: str
+
+
+@dataclass(frozen=True)
+class Exported(Event):
+    kind: ClassVar[str] = "exported"
+    id: str
+    path: str
+    val_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class CommandAck(Event):
+    """Every operator command is acknowledged (and so written to the event log)."""
+
+    kind: ClassVar[str] = "command_ack"
+    command: dict[str, Any]
+    ok: bool
+    detail: str = ""
+
+
+# --- commands (UI → engine) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: ClassVar[str] = "command"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(_COMMAND_TYPES, cls)
+
+
+def command_from_dict(data: dict[str, Any]) -> Command:
+    cls = _COMMAND_TYPES.get(data.get("kind") or "")
+    if cls is None:
+        raise ValueError(f"unknown command kind {data.get('kind')!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass(frozen=True)
+class PauseEngine(Command):
+    """Pause (or, with ``paused=False``, resume) the whole engine at the next safe point."""
+
+    kind: ClassVar[str] = "pause_engine"
+    paused: bool = True
+
+
+@dataclass(frozen=True)
+class PauseIndividual(Command):
+    """A paused individual is not trained, evaluated, selected or culled until resumed."""
+
+    kind: ClassVar[str] = "pause_individual"
+    id: str
+    paused: bool = True
+
+
+@dataclass(frozen=True)
+class Promote(Command):
+    """The individual survives into the next generation as an elite, whatever its fitness."""
+
+    kind: ClassVar[str] = "promote"
+    id: str
+
+
+@dataclass(frozen=True)
+class Cull(Command):
+    kind: ClassVar[str] = "cull"
+    id: str
+
+
+@dataclass(frozen=True)
+class ExportIndividual(Command):
+    kind: ClassVar[str] = "export"
+    id: str
+
+
+@dataclass(frozen=True)
+class StopRun(Command):
+    """Stop after the current step; the last complete generation stays resumable."""
+
+    kind: ClassVar[str] = "stop"

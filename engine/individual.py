@@ -1,0 +1,67 @@
+"""An individual of the LLM track: a LoRA genome (hyper-parameters) plus its adapter tensors only.
+
+The base model never belongs to an individual; workers hold it once and never mutate it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+LoraTensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LoraGenome:
+    rank: int
+    alpha: float
+    target_modules: tuple[str, ...]
+    dropout: float
+    learning_rate: float
+    seed: int
+
+    @property
+    def scaling(self) -> float:
+        return self.alpha / self.rank
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["target_modules"] = list(self.target_modules)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoraGenome:
+        return cls(**{**d, "target_modules": tuple(d["target_modules"])})
+
+
+@dataclass
+class Individual:
+    id: str
+    generation: int  # the generation it was born in
+    genome: LoraGenome
+    parents: list[str] = field(default_factory=list)
+    operator: str = "random"
+    status: str = "queued"
+    trained: bool = False
+    fitness: float | None = None
+    val_loss: float | None = None
+    perplexity: float | None = None
+    loss_history: list[float] = field(default_factory=list)
+    paused: bool = False
+    promoted: bool = False
+    reason: str = ""
+    tensors: LoraTensors | None = field(default=None, repr=False, compare=False)
+
+    def to_state(self) -> dict[str, Any]:
+        """JSON form (the tensors are stored beside it as safetensors)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tensors"}
+        d["genome"] = self.genome.to_dict()
+        return d
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Individual:
+        names = {f.name for f in dataclasses.fields(cls)} - {"tensors", "genome"}
+        return cls(genome=LoraGenome.from_dict(d["genome"]), **{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,164 @@
+"""Loading models the way the profile says: device, dtype and 4-bit all come from the profile.
+
+``preflight`` checks everything that can be checked before any process starts (devices exist,
+weights are on disk, bitsandbytes can serve the device) and reports every problem in one
+paragraph, so a rig profile run on a laptop stops with an explanation instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from engine.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+_DEVICE_RE = re.compile(r"^(cpu|mps|cuda(?::(\d+))?)$")
+
+
+def is_local(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot be used on this machine, or None when it can."""
+    import torch
+
+    m = _DEVICE_RE.match(device)
+    if m is None:
+        return f"'{device}' is not a device name (expected cpu, cuda, cuda:N or mps)"
+    if device == "cpu":
+        return None
+    if device == "mps":
+        ok = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return None if ok else "'mps' was asked for but this machine has no Apple GPU"
+    if not torch.cuda.is_available():
+        return (
+            f"'{device}' was asked for but this machine has no usable CUDA GPU "
+            f"(torch {torch.__version__}, {'a CPU-only build' if torch.version.cuda is None else 'no device visible'})"
+        )
+    index = int(m.group(2) or 0)
+    if index >= torch.cuda.device_count():
+        return f"'{device}' was asked for but only {torch.cuda.device_count()} CUDA device(s) are visible"
+    return None
+
+
+def weights_problem(model: str, revision: str | None = None) -> str | None:
+    """Why the weights of ``model`` are not available, or None when they are.
+
+    Genesis Lab never downloads weights at run time: a hub id must already be in the local
+    Hugging Face cache (the rig's usual state after ``hf download``).
+    """
+    if is_local(model):
+        path = Path(model).expanduser()
+        if not (path / "config.json").is_file():
+            return f"'{model}' is not a model directory (no config.json in it)"
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json", revision=revision)
+    if isinstance(cached, str):
+        return None
+    cache = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", "~/.cache/huggingface"), "hub"
+    )
+    return (
+        f"'{model}' is not in the local Hugging Face cache ({cache}) and Genesis Lab does not "
+        f"download weights at run time; fetch it first with `hf download {model}` on a machine "
+        f"with network access, or point the profile at a local directory"
+    )
+
+
+def quantization_problem(device: str) -> str | None:
+    """Why 4-bit loading cannot work on ``device``, or None when bitsandbytes can serve it."""
+    if device.startswith("mps"):
+        return "bitsandbytes 4-bit loading does not support Apple 'mps' devices"
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:  # ImportError or a broken native library
+        return f"bitsandbytes cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
+def preflight(profile: Any) -> None:
+    """Check devices, weights and quantization for every model of the profile before starting."""
+    problems: list[str] = []
+    seen: set[str] = set()
+    roles: list[tuple[str, Any, list[str]]] = [("student", profile.student, list(profile.devices.coliseum))]
+    if profile.teacher is not None and profile.teacher.enabled:
+        roles.append(("teacher", profile.teacher, [profile.devices.teacher]))
+    for role, spec, devices in roles:
+        where = "[devices] coliseum" if role == "student" else "[devices] teacher"
+        for device in devices:
+            problem = device_problem(device)
+            if problem and device not in seen:
+                problems.append(f"{where}: {problem}")
+                seen.add(device)
+            if spec.load_in_4bit and not problem:
+                q = quantization_problem(device)
+                if q:
+                    problems.append(f"[{role}] load_in_4bit = true on {device}: {q}")
+        w = weights_problem(spec.model, spec.revision)
+        if w:
+            problems.append(f"[{role}] model: {w}")
+    if problems:
+        source = getattr(profile, "source", "the profile")
+        numbered = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
+        raise ModelError(
+            f"{source}: this profile cannot run on this machine — {numbered}. "
+            "The profile itself is valid (`genesis-tui --profile ... --check` passes); "
+            "run it on the machine it names, or copy it and change the devices and models."
+        )
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def load_causal_lm(spec: Any, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer onto ``device`` as ``spec`` (a profile model spec) says."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    problem = device_problem(device) or weights_problem(spec.model, spec.revision)
+    if problem:
+        raise ModelError(f"cannot load {spec.model}: {problem}")
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(spec.dtype),
+        "revision": spec.revision,
+        "trust_remote_code": spec.trust_remote_code,
+        "local_files_only": True,
+    }
+    if spec.load_in_4bit:
+        problem = quantization_problem(device)
+        if problem:
+            raise ModelError(f"cannot load {spec.model} in 4-bit on {device}: {problem}")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type=spec.quant_type,
+            bnb_4bit_compute_dtype=torch_dtype(spec.compute_dtype),
+        )
+        kwargs["device_map"] = {"": device if device != "cuda" else "cuda:0"}
+    path = str(Path(spec.model).expanduser()) if is_local(spec.model) else spec.model
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, local_files_only=True
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load {spec.model}: {exc}") from exc
+    if not spec.load_in_4bit:
+        model.to(device)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.eval()
+    return model, tokenizer

@@ -1,0 +1,497 @@
+"""The generation loop: the one place where a run's population is trained, scored, selected and bred.
+
+Asyncio; never blocks on a worker. Each generation:
+
+1. breed (from generation 1 on): elites and promoted individuals survive unchanged, paused ones
+   keep their place, the rest are children of tournament winners by crossover and mutation;
+2. train every untrained individual on the coliseum workers (concurrently, one per worker);
+3. evaluate every unscored individual in mixed-adapter batches (elites are not re-evaluated);
+4. checkpoint the generation whole, then the leaderboard.
+
+Operator commands (pause, promote, cull, export, stop) are applied between awaits, acknowledged
+and written to the event log; a resumed run replays those that came after its checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine import genetics
+from engine.events import (
+    CheckpointWritten,
+    Command,
+    CommandAck,
+    Cull,
+    EnginePaused,
+    EvaluationFinished,
+    Event,
+    Exported,
+    ExportIndividual,
+    GenerationFinished,
+    GenerationStarted,
+    IndividualUpdate,
+    Log,
+    PauseEngine,
+    PauseIndividual,
+    Promote,
+    RunFinished,
+    RunStarted,
+    StopRun,
+    ReferenceReport,
+    TrainFinished,
+    command_from_dict,
+)
+from engine.individual import Individual, LoraGenome, LoraTensors
+from engine.rundir import RunDir
+from engine.workers import messages as m
+from engine.workers.pool import JobError, WorkerPool
+
+STATE_VERSION = 1
+
+
+def _to_bytes(tensors: LoraTensors) -> bytes:
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in tensors.items()})
+
+
+def _from_bytes(blob: bytes) -> LoraTensors:
+    from safetensors.torch import load
+
+    return load(blob)
+
+
+class Orchestrator:
+    def __init__(self, profile: Any, run: RunDir, *, merge_champion: bool = False) -> None:
+        self.profile = profile
+        self.run_dir = run
+        self.merge_champion = merge_champion
+        self.subscribers: list[Callable[[Event], None]] = []
+        self.population: list[Individual] = []
+        self.rng = random.Random(profile.run.seed)
+        self.next_id = 1
+        self.generation = -1
+        self.history: list[dict[str, float]] = []
+        self.teacher_loss: float | None = None
+        self.student_loss: float | None = None
+        self.paused = False
+        self.stop_requested = False
+        self.pool: WorkerPool | None = None
+        self._resume_gate: asyncio.Event | None = None
+        self._culled: set[str] = set()
+        self.champion: Individual | None = None
+
+    # --- events and commands --------------------------------------------------------------------
+
+    def subscribe(self, fn: Callable[[Event], None]) -> None:
+        self.subscribers.append(fn)
+
+    def publish(self, event: Event) -> None:
+        self.run_dir.append_event(event)
+        for fn in list(self.subscribers):
+            fn(event)
+
+    def _update(self, ind: Individual) -> None:
+        g = ind.genome
+        self.publish(
+            IndividualUpdate(
+                ind.id, ind.generation, ind.status, g.rank, g.alpha, g.learning_rate, list(ind.parents),
+                ind.operator, ind.fitness, ind.val_loss, ind.perplexity, ind.reason,
+            )
+        )
+
+    def find(self, ind_id: str) -> Individual | None:
+        return next((i for i in self.population if i.id == ind_id), None)
+
+    def submit(self, command: Command) -> CommandAck:
+        """Apply an operator command now (call from the event loop's thread); always acknowledged."""
+        ok, detail = self._apply(command)
+        ack = CommandAck(command.to_dict(), ok, detail)
+        self.publish(ack)
+        return ack
+
+    def _apply(self, cmd: Command) -> tuple[bool, str]:
+        if isinstance(cmd, PauseEngine):
+            if cmd.paused == self.paused:
+                return True, "already " + ("paused" if cmd.paused else "running")
+            self.paused = cmd.paused
+            if self.pool is not None:
+                self.pool.pause(cmd.paused)
+            if self._resume_gate is not None:
+                (self._resume_gate.clear if cmd.paused else self._resume_gate.set)()
+            self.publish(EnginePaused(cmd.paused))
+            return True, "paused: workers stop at their next step" if cmd.paused else "resumed"
+        if isinstance(cmd, StopRun):
+            self.stop_requested = True
+            if self.paused:
+                self._apply(PauseEngine(False))
+            return True, "stopping after the work in flight; the last complete generation stays resumable"
+        ind = self.find(getattr(cmd, "id", ""))
+        if ind is None:
+            return False, f"no individual {getattr(cmd, 'id', '?')!r} in the current population"
+        if isinstance(cmd, PauseIndividual):
+            ind.paused = cmd.paused
+            if cmd.paused:
+                ind.status = "paused"
+            else:
+                ind.status = "evaluated" if ind.fitness is not None else ("queued" if not ind.trained else "trained")
+            self._update(ind)
+            return True, f"{ind.id} {'paused' if cmd.paused else 'resumed'}"
+        if isinstance(cmd, Promote):
+            if ind.status in ("culled", "failed"):
+                return False, f"{ind.id} is {ind.status}"
+            ind.promoted = True
+            ind.status = "promoted"
+            self._update(ind)
+            return True, f"{ind.id} will survive into the next generation as an elite"
+        if isinstance(cmd, Cull):
+            if ind.paused:
+                return False, f"{ind.id} is paused; resume it before culling"
+            ind.status, ind.reason = "culled", "culled by the operator"
+            self._culled.add(ind.id)
+            self.population.remove(ind)
+            self._update(ind)
+            return True, f"{ind.id} culled; a child takes its place next generation"
+        if isinstance(cmd, ExportIndividual):
+            if ind.tensors is None:
+                return False, f"{ind.id} has no trained adapter yet"
+            asyncio.get_running_loop().create_task(self._export(ind, self.run_dir.path / "exports" / ind.id))
+            return True, f"exporting {ind.id}"
+        return False, f"unknown command {cmd.kind}"
+
+    async def _gate(self) -> None:
+        """A safe point: waits while the engine is paused."""
+        if self._resume_gate is not None:
+            await self._resume_gate.wait()
+
+    # --- population -----------------------------------------------------------------------------
+
+    def _new_id(self, generation: int) -> str:
+        ind_id = f"g{generation}-{self.next_id:03d}"
+        self.next_id += 1
+        return ind_id
+
+    def _alpha(self, rank: int) -> float:
+        pop = self.profile.population
+        return pop.alpha_ratio * rank if pop.alpha_rule == "ratio" else pop.alpha
+
+    def _lr_bounds(self) -> tuple[float, float]:
+        lr, spread = self.profile.training.learning_rate, self.profile.population.learning_rate_spread
+        return lr / spread, lr * spread
+
+    def initial_population(self) -> list[Individual]:
+        pop = self.profile.population
+        lo, hi = self._lr_bounds()
+        out = []
+        for _ in range(pop.size):
+            rank = self.rng.choice(list(pop.ranks))
+            lr = math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
+            genome = LoraGenome(rank, self._alpha(rank), tuple(pop.target_modules), pop.dropout, lr, self.rng.randrange(2**31))
+            out.append(Individual(self._new_id(0), 0, genome, [], "random"))
+        return out
+
+    def _make_child(self, generation: int, a: Individual, b: Individual | None) -> Individual:
+        import torch
+
+        from engine.genomes.lora import change_rank, crossover, mutate
+
+        evo, pop = self.profile.evolution, self.profile.population
+        rank = a.genome.rank if b is None else self.rng.choice([a.genome.rank, b.genome.rank])
+        new_rank = genetics.mutate_choice(rank, pop.ranks, evo.rank_mutation_rate, self.rng)
+        lr = a.genome.learning_rate if b is None else math.sqrt(a.genome.learning_rate * b.genome.learning_rate)
+        lo, hi = self._lr_bounds()
+        if hi > lo and self.rng.random() < evo.mutation_rate:
+            lr = min(hi, max(lo, lr * math.exp(self.rng.gauss(0.0, 0.3))))
+        targets = tuple(sorted(set(a.genome.target_modules) | set(b.genome.target_modules if b else ())))
+        genome = LoraGenome(new_rank, self._alpha(new_rank), targets, pop.dropout, lr, self.rng.randrange(2**31))
+        gen = torch.Generator().manual_seed(genome.seed)
+        assert a.tensors is not None
+        if b is not None:
+            assert b.tensors is not None
+            weight = self.rng.uniform(0.3, 0.7)
+            tensors, _ = crossover(
+                evo.crossover, a.tensors, a.genome.scaling, b.tensors, b.genome.scaling,
+                child_rank=new_rank, child_scaling=genome.scaling, weight=weight, density=evo.density, generator=gen,
+            )
+            op, parents = f"{evo.crossover} {weight:.2f}", [a.id, b.id]
+        else:
+            tensors = {k: v.clone() for k, v in a.tensors.items()}
+            if new_rank != a.genome.rank:
+                tensors = change_rank(tensors, a.genome.scaling, new_rank, genome.scaling, gen)
+            op, parents = "copy", [a.id]
+        tensors, n_mut = mutate(tensors, rate=evo.mutation_rate, scale=evo.mutation_scale, generator=gen)
+        if n_mut:
+            op += f" +mut{n_mut}"
+        if new_rank != rank:
+            op += f" r{rank}→{new_rank}"
+        child = Individual(self._new_id(generation), generation, genome, parents, op)
+        child.tensors = tensors
+        return child
+
+    def next_population(self, generation: int) -> list[Individual]:
+        """Elites (and promoted) survive unscored-again, paused keep their place, children fill the rest."""
+        evo, size = self.profile.evolution, self.profile.population.size
+        scored = [i for i in self.population if i.fitness is not None and not i.paused]
+        waiting = [i for i in self.population if i.paused or (i.fitness is None and i.status != "failed")]
+        promoted = {i.id for i in scored if i.promoted}
+        elites = genetics.select_elites(scored, evo.elitism, promoted)
+        for e in elites:
+            e.status = "promoted" if e.promoted else "elite"
+            e.promoted = False  # a promotion carries an individual over once
+        n_children = max(0, size - len(elites) - len(waiting))
+        children = []
+        if scored:
+            children = genetics.breed(
+                scored, n_children, evo.tournament_size, self.rng,
+                lambda a, b: self._make_child(generation, a, b), evo.crossover_rate,
+            )
+        for ind in self.population:
+            if ind not in elites and ind not in waiting:
+                ind.status = "culled"
+                ind.reason = "not selected"
+                self._update(ind)
+        return [*elites, *waiting, *children]  # type: ignore[list-item]
+
+    # --- work -----------------------------------------------------------------------------------
+
+    async def _train(self, ind: Individual) -> None:
+        assert self.pool is not None
+        await self._gate()
+        if ind.paused or ind.id in self._culled or self.stop_requested:
+            return
+        ind.status = "training"
+        self._update(ind)
+        genome = ind.genome.to_dict()
+        adapter = _to_bytes(ind.tensors) if ind.tensors is not None else None
+        steps = self.profile.training.steps_per_generation
+        try:
+            done: m.TrainDone = await self.pool.run("coliseum", lambda job: m.TrainTask(job, ind.id, genome, adapter, steps))
+        except JobError as exc:
+            ind.status, ind.reason = "failed", exc.reason
+            self._update(ind)
+            self.publish(Log("error", f"{ind.id} failed in training: {exc.reason}"))
+            return
+        ind.tensors = _from_bytes(done.adapter)
+        ind.trained = True
+        ind.loss_history.extend(done.losses)
+        self.publish(TrainFinished(ind.id, done.worker, len(done.losses), done.losses[-1], done.tokens, done.seconds))
+        if ind.id in self._culled:
+            return
+        ind.status = "paused" if ind.paused else "trained"
+        self._update(ind)
+
+    async def _evaluate(self, inds: list[Individual]) -> None:
+        assert self.pool is not None
+        await self._gate()
+        inds = [i for i in inds if not i.paused and i.id not in self._culled]
+        if not inds or self.stop_requested:
+            return
+        for i in inds:
+            i.status = "evaluating"
+            self._update(i)
+        n = max(1, self.pool.count("coliseum"))
+        chunks = [inds[k::n] for k in range(n) if inds[k::n]]
+
+        async def one(chunk: list[Individual]) -> None:
+            items = [(i.id, i.genome.to_dict(), _to_bytes(i.tensors)) for i in chunk]  # type: ignore[arg-type]
+            try:
+                done: m.EvalDone = await self.pool.run("coliseum", lambda job: m.EvalTask(job, items))
+            except JobError as exc:
+                for i in chunk:
+                    i.status, i.reason = "failed", f"evaluation failed: {exc.reason}"
+                    self._update(i)
+                return
+            self.publish(EvaluationFinished(done.worker, [i.id for i in chunk], done.tokens, done.seconds))
+            for i in chunk:
+                loss, _ = done.scores[i.id]
+                i.val_loss, i.perplexity, i.fitness = loss, math.exp(min(loss, 50.0)), -loss
+                if i.id in self._culled:
+                    continue
+                i.status = "paused" if i.paused else ("promoted" if i.promoted else "evaluated")
+                self._update(i)
+
+        await asyncio.gather(*(one(c) for c in chunks))
+
+    async def _teacher_reference(self) -> None:
+        assert self.pool is not None
+        try:
+            done: m.TeacherDone = await self.pool.run("teacher", lambda job: m.TeacherEvalTask(job))
+        except JobError as exc:
+            self.publish(Log("warning", f"the teacher could not score the validation split: {exc.reason}"))
+            return
+        self.teacher_loss = done.val_loss
+        self.publish(ReferenceReport("teacher", done.val_loss, math.exp(min(done.val_loss, 50.0)), done.seconds))
+
+    async def _student_reference(self) -> None:
+        """The untrained student's validation loss, scored by the coliseum like any individual."""
+        assert self.pool is not None
+        try:
+            done: m.EvalDone = await self.pool.run("coliseum", lambda job: m.EvalTask(job, [("base", None, None)]))
+        except JobError as exc:
+            self.publish(Log("warning", f"the untrained student could not be scored: {exc.reason}"))
+            return
+        self.student_loss = done.scores["base"][0]
+        self.publish(ReferenceReport("student", self.student_loss, math.exp(min(self.student_loss, 50.0)), done.seconds))
+
+    async def _export(self, ind: Individual, out_dir: Path) -> Path | None:
+        """The individual's adapter as a PEFT directory plus a mergekit recipe (in the coliseum)."""
+        assert self.pool is not None and ind.tensors is not None
+        blob = _to_bytes(ind.tensors)
+        try:
+            done: m.ExportDone = await self.pool.run(
+                "coliseum", lambda job: m.ExportTask(job, ind.id, ind.genome.to_dict(), blob, str(out_dir), self.merge_champion and out_dir.name == "champion")
+            )
+        except JobError as exc:
+            self.publish(Log("error", f"export of {ind.id} failed: {exc.reason}"))
+            return None
+        self.publish(Exported(ind.id, done.path, done.val_loss))
+        return Path(done.path)
+
+    # --- state ----------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        version, internal, gauss = self.rng.getstate()
+        return {
+            "version": STATE_VERSION,
+            "generation": self.generation,
+            "population": [i.to_state() for i in self.population],
+            "rng": [version, list(internal), gauss],
+            "next_id": self.next_id,
+            "history": self.history,
+            "teacher_loss": self.teacher_loss,
+            "student_loss": self.student_loss,
+            "culled": sorted(self._culled),
+        }
+
+    def _restore(self, state: dict[str, Any], tensors: dict[str, LoraTensors]) -> None:
+        self.generation = state["generation"]
+        self.population = [Individual.from_state(d) for d in state["population"]]
+        for ind in self.population:
+            ind.tensors = tensors.get(ind.id)
+        version, internal, gauss = state["rng"]
+        self.rng.setstate((version, tuple(internal), gauss))
+        self.next_id = state["next_id"]
+        self.history = state["history"]
+        self.teacher_loss = state.get("teacher_loss")
+        self.student_loss = state.get("student_loss")
+        self._culled = set(state.get("culled", []))
+
+    def _replay_commands(self, after_generation: int) -> None:
+        """Re-apply operator commands logged after the checkpoint we resume from."""
+        events = self.run_dir.read_events()
+        start = 0
+        for k, e in enumerate(events):
+            if isinstance(e, CheckpointWritten) and e.generation == after_generation:
+                start = k + 1
+        for e in events[start:]:
+            if isinstance(e, CommandAck) and e.ok and e.command.get("kind") in ("pause_individual", "promote", "cull"):
+                cmd = command_from_dict(e.command)
+                if self.find(getattr(cmd, "id", "")) is not None:
+                    self._apply(cmd)
+
+    def leaderboard(self) -> list[Individual]:
+        return genetics.ranked(self.population)
+
+    def _leaderboard_rows(self) -> list[dict[str, Any]]:
+        rows = []
+        for pos, i in enumerate(self.leaderboard(), 1):
+            rows.append({
+                "place": pos, "id": i.id, "generation": i.generation, "status": i.status,
+                "fitness": "" if i.fitness is None else f"{i.fitness:.6f}",
+                "val_loss": "" if i.val_loss is None else f"{i.val_loss:.6f}",
+                "perplexity": "" if i.perplexity is None else f"{i.perplexity:.4f}",
+                "rank": i.genome.rank, "alpha": i.genome.alpha, "learning_rate": f"{i.genome.learning_rate:.3g}",
+                "parents": " ".join(i.parents), "operator": i.operator,
+            })
+        return rows
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def run(self, *, resume: bool = False) -> RunFinished:
+        prof = self.profile
+        self._resume_gate = asyncio.Event()
+        self._resume_gate.set()
+        resumed_from = None
+        if resume:
+            latest = self.run_dir.latest_checkpoint()
+            if latest is not None:
+                gen, state, tensors = latest
+                self._restore(state, tensors)
+                resumed_from = gen
+                self._replay_commands(gen)
+        self.publish(
+            RunStarted(str(self.run_dir.path), prof.run.name, prof.run.seed, prof.evolution.generations, prof.population.size, resumed_from)
+        )
+        with_teacher = prof.teacher is not None and prof.teacher.enabled
+        self.pool = WorkerPool(prof, self.publish, with_teacher=with_teacher)
+        status, reason = "completed", ""
+        try:
+            await self.pool.start()
+            refs = []
+            if self.student_loss is None:
+                refs.append(self._student_reference())
+            if with_teacher and self.teacher_loss is None:
+                refs.append(self._teacher_reference())
+            await asyncio.gather(*refs)
+            for gen in range(self.generation + 1, prof.evolution.generations):
+                await self._gate()
+                if self.stop_requested:
+                    break
+                t0 = time.perf_counter()
+                self.population = self.initial_population() if gen == 0 else self.next_population(gen)
+                self.generation = gen
+                for ind in self.population:
+                    if ind.generation == gen or ind.status in ("elite", "promoted"):
+                        self._update(ind)
+                to_train = [i for i in self.population if not i.trained and not i.paused]
+                self.publish(GenerationStarted(gen, [i.id for i in to_train]))
+                await asyncio.gather(*(self._train(i) for i in to_train))
+                if self.stop_requested:
+                    break
+                await self._evaluate([i for i in self.population if i.trained and i.fitness is None])
+                if self.stop_requested:
+                    break
+                self.population = [i for i in self.population if i.id not in self._culled]
+                self._finish_generation(gen, time.perf_counter() - t0)
+            else:
+                gen = None
+            if self.stop_requested:
+                status, reason = "stopped", "stopped by the operator"
+        except asyncio.CancelledError:
+            status, reason = "stopped", "interrupted"
+        except Exception as exc:
+            from engine.workers.common import describe
+
+            status, reason = "failed", describe(exc)
+            self.publish(Log("error", reason))
+        champion_dir = None
+        try:
+            scored = [i for i in self.population if i.fitness is not None]
+            if status == "completed" and scored:
+                self.champion = genetics.ranked(scored)[0]
+                path = await self._export(self.champion, self.run_dir.path / "champion")
+                champion_dir = str(path) if path else None
+        finally:
+            await self.pool.close()
+        champ = self.champion
+        finished = RunFinished(status, champ.id if champ else None, champ.fitness if champ else None, champion_dir, reason)
+        self.publish(finished)
+        self.run_dir.close()
+        return finished
+
+    def _finish_generation(self, gen: int, seconds: float) -> None:
+        scored = [i for i in self.population if i.fitness is not None]
+        best, mean, worst = genetics.summarize([i.fitness for i in scored])  # type: ignore[misc]
+        champion = genetics.ranked(scored)[0].id if scored else ""
+        self.history.append({"generation": gen, "best": best, "mean": mean, "worst": worst})
+        adapters = {i.id: _to_bytes(i.tensors) for i in self.population if i.trained and i.tensors is not None}
+        path = self.run_dir.save_checkpoint(gen, self._state(), adapters)
+        self.run_dir.write_leaderboard(self._leaderboard_rows())
+        self.publish(GenerationFinished(gen, best, mean, worst, champion, seconds))
+        self.publish(CheckpointWritten(gen, str(path)))

@@ -1,0 +1,220 @@
+"""A run is a directory: everything needed to follow, resume or export it lives there.
+
+    <run>/profile.toml         the resolved profile the run uses
+    <run>/events.jsonl         append-only event log, one JSON object per line
+    <run>/gen_0003/            one checkpoint per generation, written whole or not at all:
+        state.json               population (genomes, scores, lineage) and the RNG state
+        adapters/<id>.safetensors  each individual's LoRA tensors (PEFT key format)
+    <run>/leaderboard.csv      the latest leaderboard
+    <run>/champion/            the champion's PEFT adapter and mergekit recipe
+    <run>/exports/<id>/        adapters exported on request
+
+Every file is written to a temporary name and renamed into place, so a crash (or a full disk)
+never leaves a half-written file where a complete one was.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import RunDirError
+from engine.events import Event, event_from_dict
+
+CHECKPOINT_PREFIX = "gen_"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class RunDir:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._events = None
+
+    # --- creation and opening -----------------------------------------------------------------
+
+    @classmethod
+    def create(cls, output_dir: Path, name: str, profile_toml: str) -> RunDir:
+        """A new, uniquely named run directory holding the profile."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        output_dir = Path(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):
+            path = output_dir / (f"{name}-{stamp}" if n == 0 else f"{name}-{stamp}-{n}")
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - a thousand runs in one second
+            raise RunDirError(f"{output_dir}: could not create a new run directory for {name!r}")
+        run = cls(path)
+        atomic_write_text(run.profile_path, profile_toml)
+        return run
+
+    @classmethod
+    def open(cls, path: Path) -> RunDir:
+        path = Path(path)
+        if not path.is_dir():
+            raise RunDirError(f"{path}: no such run directory.")
+        run = cls(path)
+        if not run.profile_path.is_file():
+            raise RunDirError(
+                f"{path}: not a Genesis Lab run directory (it has no profile.toml); "
+                "give the directory a run printed when it started."
+            )
+        return run
+
+    @property
+    def profile_path(self) -> Path:
+        return self.path / "profile.toml"
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
+    # --- event log ------------------------------------------------------------------------------
+
+    def append_event(self, event: Event) -> None:
+        """Append one event as a JSON line; flushed and synced so a crash loses at most that line."""
+        if self._events is None:
+            self._events = open(self.events_path, "a", encoding="utf-8")
+        self._events.write(event.to_json() + "\n")
+        self._events.flush()
+        os.fsync(self._events.fileno())
+
+    def read_events(self) -> list[Event]:
+        """All complete events; a last line cut short by a crash is skipped, not fatal."""
+        if not self.events_path.exists():
+            return []
+        events = []
+        with open(self.events_path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    events.append(event_from_dict(json.loads(line)))
+                except (json.JSONDecodeError, ValueError, TypeError):
+                    continue
+        return events
+
+    def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+
+    # --- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint_path(self, generation: int) -> Path:
+        return self.path / f"{CHECKPOINT_PREFIX}{generation:04d}"
+
+    def save_checkpoint(self, generation: int, state: dict[str, Any], adapters: dict[str, bytes]) -> Path:
+        """Write generation ``generation`` whole: into a temporary directory, then one rename.
+
+        ``adapters`` maps an individual's id to its safetensors bytes.
+        """
+        final = self.checkpoint_path(generation)
+        tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        try:
+            (tmp / "adapters").mkdir(parents=True)
+            for ind_id, blob in adapters.items():
+                (tmp / "adapters" / f"{ind_id}.safetensors").write_bytes(blob)
+            (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+            _fsync_tree(tmp)
+            if final.exists():  # re-running a generation after resume: replace it whole
+                old = self.path / f".{final.name}.old"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return final
+
+    def checkpoints(self) -> list[int]:
+        gens = []
+        for p in self.path.glob(f"{CHECKPOINT_PREFIX}[0-9]*"):
+            try:
+                gens.append(int(p.name[len(CHECKPOINT_PREFIX) :]))
+            except ValueError:
+                continue
+        return sorted(gens)
+
+    def load_checkpoint(self, generation: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(state, {id: tensors}) of one generation; RunDirError naming the file when it is corrupt."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        root = self.checkpoint_path(generation)
+        state_path = root / "state.json"
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{state_path}: unreadable checkpoint state ({exc}).") from exc
+        tensors = {}
+        for ind in state.get("population", []):
+            f = root / "adapters" / f"{ind['id']}.safetensors"
+            if not ind.get("trained"):
+                continue
+            try:
+                tensors[ind["id"]] = load_file(str(f))
+            except (OSError, SafetensorError, RuntimeError) as exc:
+                raise RunDirError(f"{f}: unreadable adapter file ({exc}).") from exc
+        return state, tensors
+
+    def latest_checkpoint(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+        """The newest generation that loads whole; older ones are tried when a newer one is corrupt."""
+        errors = []
+        for gen in reversed(self.checkpoints()):
+            try:
+                state, tensors = self.load_checkpoint(gen)
+                return gen, state, tensors
+            except RunDirError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise RunDirError(" ".join(errors) + " No complete generation is left to resume from.")
+        return None
+
+    # --- leaderboard ----------------------------------------------------------------------------
+
+    def write_leaderboard(self, rows: Iterable[dict[str, Any]]) -> None:
+        rows = list(rows)
+        buf = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        atomic_write_text(self.path / "leaderboard.csv", buf.getvalue())
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in [*root.rglob("*"), root]:
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())

@@ -1,0 +1,241 @@
+"""The coliseum: a process that holds the student base model once and trains and evaluates adapters.
+
+The base is wrapped by PEFT once at start-up; each individual's adapter is added under its own
+name, trained or evaluated, read back with ``get_peft_model_state_dict`` and deleted. The base
+weights are never modified and never reloaded. Evaluation puts many adapters in one forward pass
+(PEFT mixed-adapter batches, ``adapter_names=[...]``), one block of rows per individual.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from engine.workers.common import load_split, serve, setup_process
+from engine.workers.messages import (
+    EvalDone,
+    EvalTask,
+    ExportDone,
+    ExportTask,
+    Progress,
+    Ready,
+    TrainDone,
+    TrainTask,
+)
+
+HOST_ADAPTER = "_host"  # PEFT needs one adapter to build the PeftModel; it is never active
+MAX_ROWS_PER_FORWARD = 256  # bounds the logits tensor of a mixed-adapter evaluation forward
+
+
+class Coliseum:
+    def __init__(self, worker: str, device: str, profile: Any, results: Any, go: Any) -> None:
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        from engine.models import load_causal_lm
+
+        self.worker, self.device, self.profile, self.results, self.go = worker, device, profile, results, go
+        t0 = time.perf_counter()
+        base, self.tokenizer = load_causal_lm(profile.student, device)
+        self.train_split = load_split(profile, "train", self.tokenizer)
+        self.val_split = load_split(profile, "validation", self.tokenizer)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        host = LoraConfig(r=1, lora_alpha=1, target_modules=list(profile.population.target_modules))
+        self.model = get_peft_model(base, host, adapter_name=HOST_ADAPTER)
+        self.model.eval()
+        self.params = sum(p.numel() for p in base.parameters())
+        self.base_path = base.config.name_or_path or profile.student.model
+        self.load_seconds = time.perf_counter() - t0
+        self.torch = torch
+
+    # --- adapters -------------------------------------------------------------------------------
+
+    def _add(self, name: str, genome: dict[str, Any], adapter: bytes | None) -> None:
+        from peft import LoraConfig, set_peft_model_state_dict
+        from safetensors.torch import load as load_bytes
+
+        cfg = LoraConfig(
+            r=genome["rank"],
+            lora_alpha=genome["alpha"],
+            lora_dropout=genome["dropout"],
+            target_modules=list(genome["target_modules"]),
+            bias="none",
+        )
+        self.torch.manual_seed(genome["seed"])  # PEFT's initialisation draws from the global RNG
+        self.model.add_adapter(name, cfg)
+        if adapter is not None:
+            tensors = load_bytes(adapter)
+            result = set_peft_model_state_dict(self.model, tensors, adapter_name=name)
+            unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+            if unexpected:
+                raise ValueError(f"adapter has tensors for modules the genome does not target: {unexpected[:3]}")
+
+    def _read(self, name: str) -> bytes:
+        from peft import get_peft_model_state_dict
+        from safetensors.torch import save as save_bytes
+
+        sd = get_peft_model_state_dict(self.model, adapter_name=name)
+        return save_bytes({k: v.detach().to("cpu").contiguous() for k, v in sd.items()})
+
+    def _remove(self, name: str) -> None:
+        self.model.set_adapter(HOST_ADAPTER)
+        if name in self.model.peft_config:
+            self.model.delete_adapter(name)
+
+    # --- work -----------------------------------------------------------------------------------
+
+    def handle(self, task: Any) -> Any:
+        if isinstance(task, TrainTask):
+            return self.train(task)
+        if isinstance(task, EvalTask):
+            return self.evaluate(task)
+        if isinstance(task, ExportTask):
+            return self.export(task)
+        raise TypeError(f"coliseum cannot handle {type(task).__name__}")
+
+    def train(self, task: TrainTask) -> TrainDone:
+        from engine.losses import get_loss
+
+        torch, prof = self.torch, self.profile
+        name = f"ind_{task.id}"
+        t0 = time.perf_counter()
+        try:
+            self._add(name, task.genome, task.adapter)
+            self.model.set_adapter(name)  # only this adapter is trainable and active
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=task.genome["learning_rate"], weight_decay=prof.training.weight_decay)
+            loss_fn = get_loss(prof.training.loss)
+            gen = torch.Generator().manual_seed(task.genome["seed"])
+            torch.manual_seed(task.genome["seed"])  # dropout
+            split, bs, accum = self.train_split, prof.data.batch_size, prof.training.gradient_accumulation
+            every = max(1, task.steps // 10)
+            losses: list[float] = []
+            tokens = 0
+            self.model.train()
+            for step in range(1, task.steps + 1):
+                self.go.wait()  # the engine's pause: no work is done while it is cleared
+                step_loss = 0.0
+                terms: dict[str, float] = {}
+                for _ in range(accum):
+                    idx = torch.randint(len(split), (bs,), generator=gen)
+                    batch = {
+                        "input_ids": split.input_ids[idx].to(self.device),
+                        "attention_mask": split.attention_mask[idx].to(self.device),
+                        "labels": split.labels[idx].to(self.device),
+                    }
+                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    loss, t = loss_fn(logits, batch)
+                    (loss / accum).backward()
+                    step_loss += float(loss.detach()) / accum
+                    for k, v in t.items():
+                        terms[k] = terms.get(k, 0.0) + v / accum
+                    tokens += int(batch["attention_mask"].sum())
+                if prof.training.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, prof.training.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(step_loss)
+                if step % every == 0 or step == task.steps:
+                    self.results.put(Progress(self.worker, task.job, task.id, step, task.steps, step_loss, terms))
+            self.model.eval()
+            return TrainDone(self.worker, task.job, task.id, self._read(name), losses, tokens, time.perf_counter() - t0)
+        finally:
+            self.model.eval()
+            self._remove(name)
+
+    def evaluate(self, task: EvalTask) -> EvalDone:
+        """Mean validation token loss of every adapter in ``task``, many adapters per forward pass."""
+        from engine.losses import token_losses
+
+        torch = self.torch
+        t0 = time.perf_counter()
+        names = []
+        try:
+            for ind_id, genome, adapter in task.items:
+                if genome is None:  # the base model alone: PEFT's reserved name in mixed batches
+                    names.append("__base__")
+                    continue
+                name = f"ind_{ind_id}"
+                self._add(name, genome, adapter)
+                names.append(name)
+            self.model.set_adapter(HOST_ADAPTER)
+            split, n = self.val_split, self.profile.data.eval_batch_size
+            sums = torch.zeros(len(names), dtype=torch.float64)
+            counts = torch.zeros(len(names), dtype=torch.int64)
+            group = max(1, MAX_ROWS_PER_FORWARD // n)
+            with torch.no_grad():
+                for start in range(0, len(split), n):
+                    self.go.wait()
+                    ids = split.input_ids[start : start + n].to(self.device)
+                    mask = split.attention_mask[start : start + n].to(self.device)
+                    labels = split.labels[start : start + n].to(self.device)
+                    rows = ids.size(0)
+                    for g0 in range(0, len(names), group):
+                        chunk = names[g0 : g0 + group]
+                        k = len(chunk)
+                        logits = self.model(
+                            input_ids=ids.repeat(k, 1),
+                            attention_mask=mask.repeat(k, 1),
+                            adapter_names=[nm for nm in chunk for _ in range(rows)],
+                        ).logits
+                        s, c = token_losses(logits, labels.repeat(k, 1))
+                        sums[g0 : g0 + k] += s.view(k, rows).sum(1).double().cpu()
+                        counts[g0 : g0 + k] += c.view(k, rows).sum(1).cpu()
+            scores = {
+                ind_id: (float(sums[i] / counts[i].clamp(min=1)), int(counts[i]))
+                for i, (ind_id, _, _) in enumerate(task.items)
+            }
+            return EvalDone(self.worker, task.job, scores, int(counts.sum()), time.perf_counter() - t0)
+        finally:
+            for name in names:
+                if name != "__base__":
+                    self._remove(name)
+
+
+    def export(self, task: ExportTask) -> ExportDone:
+        """Save the adapter as a standard PEFT directory (atomically), re-measure its validation loss
+        through the plain single-adapter path, and write the mergekit recipe beside it."""
+        import shutil
+        from pathlib import Path
+
+        from engine.export import merge_with_mergekit, write_mergekit_recipe
+        from engine.losses import validation_loss
+
+        name = f"ind_{task.id}"
+        out = Path(task.out_dir)
+        tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+        try:
+            self._add(name, task.genome, task.adapter)
+            self.model.set_adapter(name)
+            loss, _ = validation_loss(self.model, self.val_split, self.profile.data.eval_batch_size, self.device)
+            shutil.rmtree(tmp, ignore_errors=True)
+            self.model.save_pretrained(str(tmp), selected_adapters=[name])
+            saved = tmp / name if (tmp / name).is_dir() else tmp  # PEFT nests non-default adapters
+            old = out.parent / f".{out.name}.old"
+            if out.exists():
+                os.replace(out, old)
+            os.replace(saved, out)
+            shutil.rmtree(old, ignore_errors=True)
+            recipe = write_mergekit_recipe(self.base_path, out, out / "merge.yaml", dtype=self.profile.student.dtype)
+            if task.merge:
+                merge_with_mergekit(recipe, out / "merged", cuda=self.device.startswith("cuda"))
+            return ExportDone(self.worker, task.job, task.id, str(out), loss)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._remove(name)
+
+
+def coliseum_main(worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any) -> None:
+    """Entry point of a coliseum process (spawned)."""
+    setup_process(threads)
+
+    def setup():
+        col = Coliseum(worker, device, profile, results, go)
+        results.put(
+            Ready(worker, os.getpid(), device, f"student {col.params / 1e6:.2f}M params, loaded in {col.load_seconds:.1f}s")
+        )
+        return col.handle
+
+    serve(worker, tasks, results, setup)

@@ -1,0 +1,66 @@
+"""What every worker process does the same way: threads, data loading, the main loop, error capture."""
+
+from __future__ import annotations
+
+import os
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from engine.errors import GenesisError
+from engine.workers.messages import JobFailed, Shutdown, WorkerFatal
+
+
+def setup_process(threads: int) -> None:
+    """Pin torch's thread count (the profile decides) and keep library chatter off the UI's terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    if threads > 0:
+        torch.set_num_threads(threads)
+
+
+def load_split(profile: Any, which: str, tokenizer: Any) -> Any:
+    from engine.data import read_examples, tokenize
+
+    d = profile.data
+    path, limit = (d.train, d.max_train_examples) if which == "train" else (d.validation, d.max_val_examples)
+    return tokenize(read_examples(path, d.format, limit=limit), tokenizer, d.max_seq_len)
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, GenesisError):
+        return exc.message
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {os.path.basename(frame.filename)}:{frame.lineno}" if frame else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def serve(worker: str, tasks: Any, results: Any, setup: Callable[[], Callable[[Any], Any]]) -> None:
+    """Run ``setup`` (load models and data; returns the task handler), then answer tasks until Shutdown.
+
+    A failure to start becomes ``WorkerFatal``; a failing task becomes ``JobFailed`` and the worker
+    stays up for the next one.
+    """
+    try:
+        handle = setup()
+    except BaseException as exc:  # noqa: BLE001 - reported to the orchestrator, then exit
+        results.put(WorkerFatal(worker, describe(exc)))
+        return
+    while True:
+        task = tasks.get()
+        if isinstance(task, Shutdown):
+            return
+        try:
+            results.put(handle(task))
+        except BaseException as exc:  # noqa: BLE001 - the job fails, the worker lives on
+            results.put(JobFailed(worker, task.job, describe(exc), "oom" if is_oom(exc) else "error"))

@@ -1,0 +1,124 @@
+"""Typed messages between the orchestrator and its worker processes.
+
+Adapters travel as safetensors bytes (``safetensors.torch.save``), not as shared-memory tensors:
+bytes pickle through any queue or object store (the Ray executor moves the same messages), and
+no file descriptors are held open per tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# --- tasks: orchestrator → worker -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainTask:
+    job: int
+    id: str
+    genome: dict[str, Any]
+    adapter: bytes | None  # None: fresh PEFT initialisation seeded by the genome's seed
+    steps: int
+
+
+@dataclass(frozen=True)
+class EvalTask:
+    job: int
+    items: list[tuple[str, dict[str, Any] | None, bytes | None]]  # (id, genome, adapter); None, None: the bare base
+
+
+@dataclass(frozen=True)
+class ExportTask:
+    job: int
+    id: str
+    genome: dict[str, Any]
+    adapter: bytes
+    out_dir: str
+    merge: bool = False  # also merge it into the base with mergekit
+
+
+@dataclass(frozen=True)
+class TeacherEvalTask:
+    job: int
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+# --- results: worker → orchestrator -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    worker: str
+    pid: int
+    device: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Progress:
+    worker: str
+    job: int
+    id: str
+    step: int
+    steps: int
+    loss: float
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainDone:
+    worker: str
+    job: int
+    id: str
+    adapter: bytes
+    losses: list[float]
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalDone:
+    worker: str
+    job: int
+    scores: dict[str, tuple[float, int]]  # id -> (mean token loss, tokens scored)
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExportDone:
+    worker: str
+    job: int
+    id: str
+    path: str
+    val_loss: float  # the exported adapter's validation loss, measured through the plain PEFT path
+
+
+@dataclass(frozen=True)
+class TeacherDone:
+    worker: str
+    job: int
+    val_loss: float
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class JobFailed:
+    worker: str
+    job: int
+    reason: str
+    kind: str = "error"  # error | oom
+
+
+@dataclass(frozen=True)
+class WorkerFatal:
+    """The worker could not start (its model or data could not be loaded); it has exited."""
+
+    worker: str
+    reason: str

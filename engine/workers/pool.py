@@ -1,0 +1,269 @@
+"""The worker pool: spawns the teacher and coliseum processes and turns their messages into awaitables.
+
+The orchestrator awaits ``pool.run(role, make_task)``; it never blocks on a queue. One reader
+thread moves worker messages onto the event loop; a monitor notices a dead process within half a
+second, fails its job (which is retried on a live worker) and restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import GenesisError
+from engine.events import Event, WorkerState
+from engine.workers import messages as m
+
+MAX_RESTARTS = 3
+MAX_ATTEMPTS = 3
+MONITOR_INTERVAL = 0.5
+
+
+class WorkerDied(Exception):
+    """The process running a job exited before answering."""
+
+
+class JobError(Exception):
+    def __init__(self, reason: str, kind: str = "error") -> None:
+        super().__init__(reason)
+        self.reason, self.kind = reason, kind
+
+
+class WorkerStartError(GenesisError):
+    """A worker could not load its model or data."""
+
+
+@dataclass(eq=False)
+class _Worker:
+    name: str
+    role: str
+    device: str
+    target: Callable[..., None]
+    threads: int
+    process: Any = None
+    tasks: Any = None
+    ready: asyncio.Future | None = None
+    incarnation: int = 0
+    restarts: int = 0
+    job: int | None = None
+    gone: bool = False
+    jobs_done: int = field(default=0)
+
+
+def auto_threads(profile: Any, device: str, role: str) -> int:
+    """Threads for one worker: the profile's setting, else the CPU cores shared by the CPU coliseums."""
+    if profile.devices.threads_per_worker:
+        return profile.devices.threads_per_worker
+    if device != "cpu":
+        return 1
+    cores = os.cpu_count() or 1
+    cpu_coliseums = sum(1 for d in profile.devices.coliseum if d == "cpu")
+    return cores if role == "teacher" else max(1, cores // max(1, cpu_coliseums))
+
+
+class WorkerPool:
+    def __init__(self, profile: Any, publish: Callable[[Event], None], *, with_teacher: bool) -> None:
+        import torch.multiprocessing as tmp
+
+        from engine.workers.coliseum import coliseum_main
+        from engine.workers.teacher import teacher_main
+
+        self.profile, self.publish = profile, publish
+        self.ctx = tmp.get_context("spawn")
+        self.results = self.ctx.Queue()
+        self.go = self.ctx.Event()
+        self.go.set()
+        self.workers: list[_Worker] = []
+        if with_teacher:
+            dev = profile.devices.teacher
+            self.workers.append(_Worker("teacher", "teacher", dev, teacher_main, auto_threads(profile, dev, "teacher")))
+        for i, dev in enumerate(profile.devices.coliseum):
+            self.workers.append(
+                _Worker(f"coliseum-{i}", "coliseum", dev, coliseum_main, auto_threads(profile, dev, "coliseum"))
+            )
+        self._futures: dict[int, asyncio.Future] = {}
+        self._idle: dict[str, asyncio.Queue] = {}
+        self._jobs = itertools.count(1)
+        self._closing = False
+        self._reader: threading.Thread | None = None
+        self._monitor: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def roles(self) -> set[str]:
+        return {w.role for w in self.workers}
+
+    def count(self, role: str) -> int:
+        return sum(1 for w in self.workers if w.role == role and not w.gone)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Spawn every worker and wait until each has loaded its model (or one fails to)."""
+        self._loop = asyncio.get_running_loop()
+        self._idle = {role: asyncio.Queue() for role in self.roles()}
+        self._reader = threading.Thread(target=self._read_results, name="genesis-results", daemon=True)
+        self._reader.start()
+        for w in self.workers:
+            self._spawn(w)
+        self._monitor = asyncio.create_task(self._watch())
+        await asyncio.gather(*(w.ready for w in self.workers))
+
+    def _spawn(self, w: _Worker) -> None:
+        assert self._loop is not None
+        w.incarnation += 1
+        w.tasks = self.ctx.Queue()
+        w.ready = self._loop.create_future()
+        w.process = self.ctx.Process(
+            target=w.target,
+            args=(w.name, w.device, self.profile, w.threads, w.tasks, self.results, self.go),
+            name=f"genesis-{w.name}",
+            daemon=True,
+        )
+        w.process.start()
+        self.publish(WorkerState(w.name, w.role, w.device, "starting", w.process.pid, f"{w.threads} threads"))
+
+    async def close(self) -> None:
+        self._closing = True
+        self.go.set()
+        if self._monitor:
+            self._monitor.cancel()
+        for w in self.workers:
+            if w.process is not None and w.process.is_alive():
+                try:
+                    w.tasks.put(m.Shutdown())
+                except (OSError, ValueError):
+                    pass
+        for w in self.workers:
+            if w.process is None:
+                continue
+            await asyncio.to_thread(w.process.join, 10)
+            if w.process.is_alive():
+                w.process.kill()
+                await asyncio.to_thread(w.process.join, 5)
+            self.publish(WorkerState(w.name, w.role, w.device, "stopped", w.process.pid))
+        for fut in self._futures.values():
+            if not fut.done():
+                fut.set_exception(WorkerDied("the pool was closed"))
+        if self._reader:
+            self._reader.join(timeout=2)
+
+    def pause(self, paused: bool) -> None:
+        """Hold (or release) every worker at its next step; a held worker does no work."""
+        if paused:
+            self.go.clear()
+        else:
+            self.go.set()
+
+    # --- messages -------------------------------------------------------------------------------
+
+    def _read_results(self) -> None:
+        while not self._closing:
+            try:
+                msg = self.results.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            except (EOFError, OSError):
+                return
+            if self._loop is not None and not self._loop.is_closed():
+                self._loop.call_soon_threadsafe(self._dispatch, msg)
+
+    def _worker(self, name: str) -> _Worker:
+        return next(w for w in self.workers if w.name == name)
+
+    def _dispatch(self, msg: Any) -> None:
+        if isinstance(msg, m.Ready):
+            w = self._worker(msg.worker)
+            if w.ready is not None and not w.ready.done():
+                w.ready.set_result(msg)
+            self.publish(WorkerState(w.name, w.role, w.device, "ready", msg.pid, msg.detail))
+            self._idle[w.role].put_nowait(w)
+        elif isinstance(msg, m.WorkerFatal):
+            w = self._worker(msg.worker)
+            w.gone = True
+            self.publish(WorkerState(w.name, w.role, w.device, "dead", None, msg.reason))
+            err = WorkerStartError(f"the {w.name} worker on {w.device} could not start: {msg.reason}")
+            if w.ready is not None and not w.ready.done():
+                w.ready.set_exception(err)
+            self._check_role(w.role, err)
+        elif isinstance(msg, m.Progress):
+            from engine.events import TrainProgress
+
+            self.publish(TrainProgress(msg.id, msg.step, msg.steps, msg.loss, dict(msg.terms)))
+        else:
+            fut = self._futures.pop(getattr(msg, "job", -1), None)
+            if fut is None or fut.done():
+                return
+            if isinstance(msg, m.JobFailed):
+                fut.set_exception(JobError(msg.reason, msg.kind))
+            else:
+                fut.set_result(msg)
+
+    async def _watch(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(MONITOR_INTERVAL)
+            for w in self.workers:
+                if w.gone or w.process is None or w.process.is_alive() or self._closing:
+                    continue
+                self._on_death(w)
+
+    def _on_death(self, w: _Worker) -> None:
+        code = w.process.exitcode
+        self.publish(WorkerState(w.name, w.role, w.device, "dead", w.process.pid, f"exit code {code}"))
+        if w.job is not None:
+            fut = self._futures.pop(w.job, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(WorkerDied(f"{w.name} exited with code {code}"))
+            w.job = None
+        if w.ready is not None and not w.ready.done():
+            w.ready.set_exception(WorkerStartError(f"the {w.name} worker exited with code {code} while starting"))
+            w.gone = True
+        elif w.restarts < MAX_RESTARTS:
+            w.restarts += 1
+            self._spawn(w)
+            return
+        else:
+            w.gone = True
+        self._check_role(w.role, WorkerStartError(f"every {w.role} worker is gone (last: {w.name}, exit code {code})"))
+
+    def _check_role(self, role: str, err: Exception) -> None:
+        if self.count(role) == 0:
+            for _ in range(8):
+                self._idle[role].put_nowait(err)  # wakes whoever waits for a worker of this role
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def run(self, role: str, make_task: Callable[[int], Any]) -> Any:
+        """Run one job on a free worker of ``role``; a job lost to a dead worker is retried elsewhere."""
+        last: Exception | None = None
+        for _ in range(MAX_ATTEMPTS):
+            w = await self._idle[role].get()
+            if isinstance(w, Exception):
+                self._idle[role].put_nowait(w)
+                raise w
+            if w.gone or not w.process.is_alive():
+                continue
+            job = next(self._jobs)
+            assert self._loop is not None
+            fut = self._loop.create_future()
+            self._futures[job] = fut
+            w.job, inc = job, w.incarnation
+            self.publish(WorkerState(w.name, w.role, w.device, "busy", w.process.pid))
+            w.tasks.put(make_task(job))
+            try:
+                return await fut
+            except WorkerDied as exc:
+                last = exc
+                continue
+            finally:
+                if w.incarnation == inc and not w.gone and w.process.is_alive():
+                    w.job = None
+                    w.jobs_done += 1
+                    self.publish(WorkerState(w.name, w.role, w.device, "idle", w.process.pid))
+                    self._idle[role].put_nowait(w)
+        raise JobError(f"the job was lost {MAX_ATTEMPTS} times to dying workers ({last})")

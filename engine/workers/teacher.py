@@ -1,0 +1,47 @@
+"""The teacher: a process that holds the teacher model on its own device.
+
+For now it measures the teacher's own validation loss — the target the students are compared to.
+The distillation issue adds logit computation and caching to the same process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from engine.workers.common import load_split, serve, setup_process
+from engine.workers.messages import Ready, TeacherDone, TeacherEvalTask
+
+
+class Teacher:
+    def __init__(self, worker: str, device: str, profile: Any) -> None:
+        from engine.models import load_causal_lm
+
+        t0 = time.perf_counter()
+        self.worker, self.device, self.profile = worker, device, profile
+        self.model, self.tokenizer = load_causal_lm(profile.teacher, device)
+        self.val_split = load_split(profile, "validation", self.tokenizer)
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.load_seconds = time.perf_counter() - t0
+
+    def handle(self, task: Any) -> Any:
+        if isinstance(task, TeacherEvalTask):
+            from engine.losses import validation_loss
+
+            t0 = time.perf_counter()
+            loss, tokens = validation_loss(self.model, self.val_split, self.profile.data.eval_batch_size, self.device)
+            return TeacherDone(self.worker, task.job, loss, tokens, time.perf_counter() - t0)
+        raise TypeError(f"teacher cannot handle {type(task).__name__}")
+
+
+def teacher_main(worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any) -> None:
+    """Entry point of the teacher process (spawned)."""
+    setup_process(threads)
+
+    def setup():
+        t = Teacher(worker, device, profile)
+        results.put(Ready(worker, os.getpid(), device, f"teacher {t.params / 1e6:.2f}M params, loaded in {t.load_seconds:.1f}s"))
+        return t.handle
+
+    serve(worker, tasks, results, setup)

@@ -1,0 +1,116 @@
+"""``genesis-tui``: the command line. Parses arguments, turns every user error into one paragraph."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EPILOG = """\
+examples:
+  genesis-tui --profile profiles/demo.toml --headless     run the embedded demo on this machine
+  genesis-tui --profile profiles/medical-dual-gpu.toml --check
+                                                          validate a profile and check this machine can run it
+  genesis-tui --resume runs/demo-20261122-101500 --headless
+                                                          continue a run from its last complete generation
+  genesis-tui --help-profile                              every profile field, its type, default and range
+
+exit codes: 0 done · 1 the run failed · 2 bad input (profile, data, run directory, machine) · 130 stopped
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="genesis-tui",
+        description="Genesis Lab: evolve a population of LoRA adapters of a student model — "
+        "trained, scored on held-out data, selected, crossed over and mutated, generation after generation.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--profile", metavar="PROFILE.toml", help="the run's profile (TOML); see --help-profile")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete generation")
+    p.add_argument("--headless", action="store_true", help="no terminal UI: progress lines and a final leaderboard")
+    p.add_argument("--check", action="store_true", help="validate the profile and this machine, start nothing")
+    p.add_argument("--merge", action="store_true", help="also merge the champion into the base model with mergekit")
+    p.add_argument("--help-profile", action="store_true", help="print the profile schema and exit")
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"genesis-tui: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from engine.errors import GenesisError
+
+    try:
+        return _main(args)
+    except GenesisError as exc:
+        return _fail(exc.message)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(args: argparse.Namespace) -> int:
+    from engine import __version__
+    from engine.profile import load_profile, schema_help
+
+    if args.version:
+        print(f"genesis-tui {__version__}")
+        return 0
+    if args.help_profile:
+        print(schema_help())
+        return 0
+    if args.profile and args.resume:
+        return _fail("give either --profile (a new run) or --resume (an existing run), not both.")
+    if not args.profile and not args.resume:
+        build_parser().print_help(sys.stderr)
+        return _fail("nothing to do: give --profile PROFILE.toml for a new run or --resume RUN_DIR to continue one.")
+
+    from engine.models import preflight
+    from engine.rundir import RunDir
+
+    if args.resume:
+        run = RunDir.open(Path(args.resume))
+        profile = load_profile(run.profile_path)
+    else:
+        profile = load_profile(args.profile)
+    preflight(profile)
+    if args.check:
+        print(_summary(profile))
+        print("profile is valid and this machine can run it.")
+        return 0
+    if not args.headless:
+        return _fail(
+            "the terminal UI is not part of this build yet; run with --headless "
+            "(progress lines and a final leaderboard), e.g. genesis-tui --profile "
+            f"{args.profile or args.resume} --headless."
+        )
+
+    from engine.orchestrator import Orchestrator
+    from genesis_tui.headless import run_headless
+
+    if not args.resume:
+        run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+    return run_headless(Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume))
+
+
+def _summary(profile) -> str:
+    t = profile.teacher
+    teacher = f"{t.model} on {profile.devices.teacher}" if t is not None and t.enabled else "none"
+    return (
+        f"{profile.source}: run '{profile.run.name}' (seed {profile.run.seed}) — student {profile.student.model} "
+        f"on {', '.join(profile.devices.coliseum)}; teacher {teacher}; population {profile.population.size} × "
+        f"{profile.evolution.generations} generations, {profile.evolution.crossover} crossover; data "
+        f"{profile.data.format} {profile.data.train}"
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

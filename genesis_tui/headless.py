@@ -1,0 +1,174 @@
+"""Headless runs: rich progress on a terminal, plain timestamped lines when redirected to a file."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from engine.events import (
+    CheckpointWritten,
+    CommandAck,
+    EnginePaused,
+    Event,
+    Exported,
+    GenerationFinished,
+    GenerationStarted,
+    IndividualUpdate,
+    Log,
+    RunFinished,
+    RunStarted,
+    StopRun,
+    ReferenceReport,
+    TrainFinished,
+    WorkerState,
+)
+from engine.orchestrator import Orchestrator
+
+
+class HeadlessView:
+    """Turns engine events into progress bars (on a terminal) or log lines (in a file)."""
+
+    def __init__(self, console: Console, generations: int) -> None:
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not self.live,
+        )
+        self.run_task = self.progress.add_task("run", total=generations, info="")
+        self.gen_task = None
+        self.t0 = time.time()
+        self.best: float | None = None
+
+    def line(self, text: str) -> None:
+        if self.live:
+            self.progress.console.print(text)
+        else:
+            elapsed = time.time() - self.t0
+            self.console.print(f"[{elapsed:7.1f}s] {text}", markup=False, highlight=False)
+
+    def __call__(self, e: Event) -> None:
+        if isinstance(e, RunStarted):
+            what = f"resumed after generation {e.resumed_from}" if e.resumed_from is not None else "started"
+            self.line(f"run {what}: {e.run_dir}")
+            if e.resumed_from is not None:
+                self.progress.update(self.run_task, completed=e.resumed_from + 1)
+        elif isinstance(e, WorkerState) and e.state in ("ready", "dead"):
+            self.line(f"worker {e.worker} on {e.device}: {e.state}{' — ' + e.detail if e.detail else ''}")
+        elif isinstance(e, ReferenceReport):
+            who = "untrained student" if e.model == "student" else "teacher"
+            self.line(f"{who}: validation loss {e.val_loss:.4f} (perplexity {e.perplexity:.2f})")
+        elif isinstance(e, GenerationStarted):
+            if self.gen_task is not None:
+                self.progress.remove_task(self.gen_task)
+            self.gen_task = self.progress.add_task(f"generation {e.generation}", total=len(e.to_train) + 1, info="")
+            self.line(f"generation {e.generation}: training {len(e.to_train)} individuals")
+        elif isinstance(e, TrainFinished):
+            if self.gen_task is not None:
+                self.progress.advance(self.gen_task)
+                self.progress.update(self.gen_task, info=f"{e.id} loss {e.loss:.3f}")
+            if not self.live:
+                self.line(f"  trained {e.id}: {e.steps} steps, loss {e.loss:.4f}, {e.tokens / max(e.seconds, 1e-9):.0f} tok/s")
+        elif isinstance(e, IndividualUpdate) and e.status == "failed":
+            self.line(f"  {e.id} failed: {e.reason}")
+        elif isinstance(e, GenerationFinished):
+            if self.gen_task is not None:
+                self.progress.advance(self.gen_task)
+            self.progress.advance(self.run_task)
+            self.best = e.best
+            self.progress.update(self.run_task, info=f"best val loss {-e.best:.4f}")
+            self.line(
+                f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
+                f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
+            )
+        elif isinstance(e, CheckpointWritten):
+            if not self.live:
+                self.line(f"  checkpoint: {e.path}")
+        elif isinstance(e, Exported):
+            self.line(f"exported {e.id} → {e.path} (validation loss {e.val_loss:.4f})")
+        elif isinstance(e, EnginePaused):
+            self.line("engine paused" if e.paused else "engine resumed")
+        elif isinstance(e, CommandAck):
+            self.line(f"command {e.command.get('kind')}: {e.detail}")
+        elif isinstance(e, Log) and e.level in ("warning", "error"):
+            self.line(f"{e.level}: {e.message}")
+
+
+def leaderboard_table(orch: Orchestrator, limit: int = 20) -> Table:
+    table = Table(title="Leaderboard", title_justify="left")
+    for col in ("#", "id", "gen", "status", "val loss", "ppl", "rank", "lr", "operator"):
+        table.add_column(col, justify="right" if col in ("#", "gen", "val loss", "ppl", "rank", "lr") else "left")
+    for pos, i in enumerate(orch.leaderboard()[:limit], 1):
+        table.add_row(
+            str(pos), i.id, str(i.generation), i.status,
+            "—" if i.val_loss is None else f"{i.val_loss:.4f}",
+            "—" if i.perplexity is None else f"{i.perplexity:.2f}",
+            str(i.genome.rank), f"{i.genome.learning_rate:.2g}", i.operator,
+        )
+    return table
+
+
+async def _run(orch: Orchestrator, view: HeadlessView, resume: bool) -> RunFinished:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    interrupts = 0
+
+    def on_signal() -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            view.line("stopping after the work in flight (press Ctrl-C again to abort now)…")
+            orch.submit(StopRun())
+        elif main is not None:
+            main.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - non-Unix
+            pass
+    task = asyncio.ensure_future(orch.run(resume=resume))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.cancel()
+        return await task
+
+
+def run_headless(orch: Orchestrator, *, resume: bool = False, console: Console | None = None) -> int:
+    """Run to the end, print the leaderboard; exit code 0 when completed, 1 when failed, 130 when stopped."""
+    console = console or Console(stderr=False)
+    view = HeadlessView(console, orch.profile.evolution.generations)
+    orch.subscribe(view)
+    with view.progress:
+        finished = asyncio.run(_run(orch, view, resume))
+    if orch.population:
+        console.print(leaderboard_table(orch))
+    run_path = orch.run_dir.path
+    if finished.status == "completed":
+        console.print(f"champion [bold]{finished.champion}[/] (validation loss {-finished.champion_fitness:.4f})"
+                      if finished.champion_fitness is not None else "no champion")
+        if finished.export_dir:
+            console.print(f"champion adapter: {finished.export_dir}")
+        console.print(f"run directory: {run_path}")
+        return 0
+    resume_hint = f"resume with: genesis-tui --resume {run_path} --headless"
+    if finished.status == "stopped":
+        console.print(f"run stopped ({finished.reason}); {resume_hint}")
+        return 130
+    print(f"genesis-tui: the run failed: {finished.reason} — the event log is {run_path / 'events.jsonl'}; {resume_hint}", file=sys.stderr)
+    return 1
