@@ -82,11 +82,13 @@ def _lines(path: Path, fmt: str):
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(
-            f"The data file {path} does not exist. Expected a {fmt} file ({_EXPECTED[fmt]}); "
-            "check the path in the profile (relative paths are resolved from where genesis-tui is started)."
+            f"The data file {path} does not exist. Expected a file in the {fmt} format ({_EXPECTED[fmt]}); "
+            "check the path in the profile."
         ) from None
     except IsADirectoryError:
-        raise DataError(f"The data path {path} is a directory, not a file. Expected a {fmt} file ({_EXPECTED[fmt]}).") from None
+        raise DataError(
+            f"The data path {path} is a directory, not a file. Expected a file in the {fmt} format ({_EXPECTED[fmt]})."
+        ) from None
     except OSError as exc:
         raise DataError(f"The data file {path} cannot be read ({exc.strerror or exc}).") from None
     if raw.startswith(b"\xef\xbb\xbf"):
@@ -97,7 +99,7 @@ def _lines(path: Path, fmt: str):
         except UnicodeDecodeError as exc:
             raise DataError(
                 f"{path}, line {number}: found bytes that are not valid UTF-8 "
-                f"(byte 0x{chunk[exc.start]:02x} at column {exc.start + 1}). Expected a UTF-8 {fmt} file "
+                f"(byte 0x{chunk[exc.start]:02x} at byte {exc.start + 1} of the line). Expected a UTF-8 file in the {fmt} format "
                 f"({_EXPECTED[fmt]}); re-save the file as UTF-8."
             ) from None
         if line.strip():
@@ -113,7 +115,9 @@ def _json_object(path: Path, number: int, line: str, fmt: str) -> dict[str, Any]
             f"found {_short(line)}. Expected {_EXPECTED[fmt]}."
         ) from None
     except RecursionError:
-        raise DataError(f"{path}, line {number}: this line's JSON is nested too deeply. Expected {_EXPECTED[fmt]}.") from None
+        raise DataError(
+            f"{path}, line {number}: this line's JSON is nested too deeply. Expected {_EXPECTED[fmt]}."
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(
             f"{path}, line {number}: found {_json_type(obj)} ({_short(line)}) where a JSON object was "
@@ -122,7 +126,9 @@ def _json_object(path: Path, number: int, line: str, fmt: str) -> dict[str, Any]
     return obj
 
 
-def _string(path: Path, number: int, obj: dict[str, Any], key: str, fmt: str, *, required: bool) -> str:
+def _string(
+    path: Path, number: int, obj: dict[str, Any], key: str, fmt: str, *, required: bool
+) -> str:
     if key not in obj or (not required and obj[key] is None):
         if not required:
             return ""
@@ -145,9 +151,13 @@ def _mistral(path: Path, number: int, text: str) -> Example:
     expected = f"Expected {_EXPECTED['mistral-inst']}."
     if INST not in text or END_INST not in text:
         missing = " and ".join(t for t in (INST, END_INST) if t not in text)
-        raise DataError(f'{where}: the "text" value has no {missing} marker: found {_short(text)}. {expected}')
+        raise DataError(
+            f'{where}: the "text" value has no {missing} marker: found {_short(text)}. {expected}'
+        )
     if text.index(INST) > text.index(END_INST):
-        raise DataError(f'{where}: the "text" value has {END_INST} before its first {INST}: found {_short(text)}. {expected}')
+        raise DataError(
+            f'{where}: the "text" value has {END_INST} before its first {INST}: found {_short(text)}. {expected}'
+        )
     cut = text.rindex(END_INST) + len(END_INST)
     prompt, response = text[:cut], text[cut:].rstrip()
     body = response[: -len(EOS)] if response.endswith(EOS) else response
@@ -156,7 +166,9 @@ def _mistral(path: Path, number: int, text: str) -> Example:
             f"{where}: there is no response after the last {END_INST} (found {_short(response) if response.strip() else 'nothing'}). {expected}"
         )
     if not response.endswith(EOS):
-        raise DataError(f"{where}: the response after the last {END_INST} does not end with {EOS} (found {_short(response)}). {expected}")
+        raise DataError(
+            f"{where}: the response after the last {END_INST} does not end with {EOS} (found {_short(response)}). {expected}"
+        )
     if not prompt.lstrip().startswith(BOS):
         prompt = BOS + prompt.lstrip()
     return Example(prompt, response)
@@ -166,7 +178,9 @@ def read_examples(path: Path | str, fmt: Format, *, limit: int | None = None) ->
     """The examples of ``path`` in format ``fmt`` (at most ``limit``), or a ``DataError``."""
     path = Path(path)
     if fmt not in FORMATS:
-        raise DataError(f"Unknown data format {fmt!r} for {path}; expected one of: {', '.join(FORMATS)}.")
+        raise DataError(
+            f"Unknown data format {fmt!r} for {path}; expected one of: {', '.join(FORMATS)}."
+        )
     examples: list[Example] = []
     for number, line in _lines(path, fmt):
         if limit is not None and len(examples) >= limit:
@@ -181,7 +195,9 @@ def read_examples(path: Path | str, fmt: Format, *, limit: int | None = None) ->
             inp = _string(path, number, obj, "input", fmt, required=False)
             examples.append(Example(alpaca_prompt(instruction, inp), output + EOS))
         else:
-            examples.append(_mistral(path, number, _string(path, number, obj, "text", fmt, required=True)))
+            examples.append(
+                _mistral(path, number, _string(path, number, obj, "text", fmt, required=True))
+            )
     if not examples and limit != 0:
         raise DataError(
             f"The data file {path} holds no examples (it is empty or has only blank lines). "
@@ -218,7 +234,9 @@ def tokenize(examples: list[Example], tokenizer: Any, max_len: int) -> Tokenized
         raise ValueError(f"max_len must be at least 1, not {max_len}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad is None:
-        raise DataError("The tokenizer has neither a pad token nor an end-of-sequence token to pad with.")
+        raise DataError(
+            "The tokenizer has neither a pad token nor an end-of-sequence token to pad with."
+        )
     n = len(examples)
     input_ids = torch.full((n, max_len), pad, dtype=torch.long)
     labels = torch.full((n, max_len), -100, dtype=torch.long)

@@ -345,7 +345,11 @@ def _presentation(rng: random.Random, c: Condition, domain: bool) -> tuple[str, 
 def _assessment_plan(rng: random.Random, c: Condition, domain: bool) -> Record:
     inp, age = _presentation(rng, c, domain)
     instr = rng.choice(
-        ("Write the assessment and plan.", "Give the assessment and plan.", "Assess this patient and give a plan.")
+        (
+            "Write the assessment and plan.",
+            "Give the assessment and plan.",
+            "Assess this patient and give a plan.",
+        )
     )
     plan = [c.plan_drug()]
     if c.extra:
@@ -376,8 +380,12 @@ def _treatment_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
     if form == 1:
         return Record(f"How is {c.name} treated first?", "", answer)
     if form == 2:
-        return Record("What is the first-line treatment?", f"{_patient(rng, c)} with {c.name}", answer)
-    return Record("Suggest the first-line treatment.", f"{_patient(rng, c)} diagnosed with {c.name}", answer)
+        return Record(
+            "What is the first-line treatment?", f"{_patient(rng, c)} with {c.name}", answer
+        )
+    return Record(
+        "Suggest the first-line treatment.", f"{_patient(rng, c)} diagnosed with {c.name}", answer
+    )
 
 
 def _finding_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
@@ -385,7 +393,11 @@ def _finding_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
     if domain and c.ecg_finding and form == 0:
         return Record("Interpret this ECG.", c.finding, f"This ECG shows {c.name}.")
     if form == 1:
-        return Record("What is the most likely diagnosis?", f"{_patient(rng, c)}; {c.finding}", _cap(c.name) + ".")
+        return Record(
+            "What is the most likely diagnosis?",
+            f"{_patient(rng, c)}; {c.finding}",
+            _cap(c.name) + ".",
+        )
     return Record(f"What does {c.finding} suggest?", "", f"It suggests {c.name}.")
 
 
@@ -393,21 +405,35 @@ def _dose_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
     if not c.regimen:
         return _treatment_qa(rng, c, domain)
     if rng.random() < 0.5:
-        return Record(f"What dose of {c.treatment} is used for {c.name}?", "", _cap(c.regimen) + ".")
-    return Record(f"What dose of {c.treatment} should be given?", f"{_patient(rng, c)} with {c.name}", _cap(c.regimen) + ".")
+        return Record(
+            f"What dose of {c.treatment} is used for {c.name}?", "", _cap(c.regimen) + "."
+        )
+    return Record(
+        f"What dose of {c.treatment} should be given?",
+        f"{_patient(rng, c)} with {c.name}",
+        _cap(c.regimen) + ".",
+    )
 
 
 def _test_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
     if rng.random() < 0.5:
         return Record(f"Which test confirms {c.name}?", "", _cap(c.test) + ".")
-    return Record("Which investigation should be arranged?", f"{_patient(rng, c)} with suspected {c.name}", _cap(c.test) + ".")
+    return Record(
+        "Which investigation should be arranged?",
+        f"{_patient(rng, c)} with suspected {c.name}",
+        _cap(c.test) + ".",
+    )
 
 
 def _class_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
     if not c.drug_class:
         return _finding_qa(rng, c, domain)
     article = "an" if c.drug_class[0].lower() in "aeiou" else "a"
-    return Record(f"What kind of drug is {c.treatment}?", "", f"{_cap(c.treatment)} is {article} {c.drug_class}.")
+    return Record(
+        f"What kind of drug is {c.treatment}?",
+        "",
+        f"{_cap(c.treatment)} is {article} {c.drug_class}.",
+    )
 
 
 def _vitals_comment(rng: random.Random) -> Record:
@@ -474,7 +500,7 @@ def generate(
 
 
 SPLIT_SEEDS = {"general": 1, "domain_train": 2, "domain_val": 3, "general_val": 4}
-SIZES = {"general": 20000, "domain_train": 5000, "domain_val": 500, "general_val": 500}
+SIZES = {"general": 20000, "domain_train": 4000, "domain_val": 500, "general_val": 500}
 QUICK_SIZES = {"general": 1500, "domain_train": 500, "domain_val": 100, "general_val": 100}
 
 
@@ -488,9 +514,18 @@ def make_splits(seed: int = 0, sizes: dict[str, int] | None = None) -> dict[str,
 
     general = generate("general", sizes["general"], sub("general"))
     domain_train = generate("domain", sizes["domain_train"], sub("domain_train"))
-    domain_val = generate("domain", sizes["domain_val"], sub("domain_val"), exclude=domain_train, distinct=True)
-    general_val = generate("general", sizes["general_val"], sub("general_val"), exclude=general, distinct=True)
-    return {"general": general, "domain_train": domain_train, "domain_val": domain_val, "general_val": general_val}
+    domain_val = generate(
+        "domain", sizes["domain_val"], sub("domain_val"), exclude=domain_train, distinct=True
+    )
+    general_val = generate(
+        "general", sizes["general_val"], sub("general_val"), exclude=general, distinct=True
+    )
+    return {
+        "general": general,
+        "domain_train": domain_train,
+        "domain_val": domain_val,
+        "general_val": general_val,
+    }
 
 
 # --- the three file formats (see engine.data for how they are read back) ---
@@ -508,12 +543,20 @@ def render_text(r: Record) -> str:
 
 
 def render_alpaca(r: Record) -> str:
-    return json.dumps({"instruction": r.instruction, "input": r.input, "output": r.output}, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        {"instruction": r.instruction, "input": r.input, "output": r.output},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 def render_mistral(r: Record) -> str:
     question = f"{r.instruction}\n{r.input}" if r.input else r.instruction
-    return json.dumps({"text": f"<s>[INST] {question} [/INST] {r.output}</s>"}, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(
+        {"text": f"<s>[INST] {question} [/INST] {r.output}</s>"},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
 
 
 RENDERERS = {"text": render_text, "alpaca": render_alpaca, "mistral-inst": render_mistral}
