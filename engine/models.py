@@ -111,7 +111,7 @@ def preflight(profile: Any) -> None:
         numbered = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
         raise ModelError(
             f"{source}: this profile cannot run on this machine — {numbered}. "
-            "The profile itself is valid (`genesis-tui --profile ... --check` passes); "
+            "The profile itself is valid against the schema; "
             "run it on the machine it names, or copy it and change the devices and models."
         )
 

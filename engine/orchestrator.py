@@ -429,7 +429,7 @@ class Orchestrator:
             RunStarted(str(self.run_dir.path), prof.run.name, prof.run.seed, prof.evolution.generations, prof.population.size, resumed_from)
         )
         with_teacher = prof.teacher is not None and prof.teacher.enabled
-        self.pool = WorkerPool(prof, self.publish, with_teacher=with_teacher)
+        self.pool = WorkerPool(prof, self.publish, with_teacher=with_teacher, log_dir=self.run_dir.path / "logs")
         status, reason = "completed", ""
         try:
             await self.pool.start()

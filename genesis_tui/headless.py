@@ -59,7 +59,7 @@ class HeadlessView:
             self.progress.console.print(text)
         else:
             elapsed = time.time() - self.t0
-            self.console.print(f"[{elapsed:7.1f}s] {text}", markup=False, highlight=False)
+            self.console.print(f"[{elapsed:7.1f}s] {text}", markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, e: Event) -> None:
         if isinstance(e, RunStarted):

@@ -99,3 +99,20 @@ def test_export_reproduces_the_lab_loss_with_plain_peft(coliseum, tmp_path):
     model = PeftModel.from_pretrained(base, str(tmp_path / "champion")).eval()
     loss, _ = validation_loss(model, coliseum.val_split, 8, "cpu")
     assert loss == pytest.approx(lab, abs=1e-4)
+
+
+def test_qlora_student_in_4bit_trains_and_scores_on_cpu(tiny_lab, tmp_path):
+    """load_in_4bit = true (bitsandbytes nf4) on the CPU: real QLoRA, trained and evaluated."""
+    pytest.importorskip("bitsandbytes")
+    from conftest import tiny_profile_text
+
+    p = tmp_path / "q.toml"
+    text = tiny_profile_text(tiny_lab, tmp_path / "runs")
+    p.write_text(text.replace("[student]\n", '[student]\nload_in_4bit = true\ncompute_dtype = "float32"\n', 1))
+    go = threading.Event()
+    go.set()
+    col = Coliseum("coliseum-q", "cpu", load_profile(p), queue.Queue(), go)
+    assert any("4bit" in type(mod).__name__ for mod in col.model.modules())
+    done = _train(col, steps=2)
+    scores = col.evaluate(m.EvalTask(9, [("a", GENOME, done.adapter), ("base", None, None)])).scores
+    assert abs(scores["a"][0] - scores["base"][0]) > 1e-5

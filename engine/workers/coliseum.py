@@ -227,9 +227,11 @@ class Coliseum:
             self._remove(name)
 
 
-def coliseum_main(worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any) -> None:
+def coliseum_main(
+    worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any, log_path: str | None = None
+) -> None:
     """Entry point of a coliseum process (spawned)."""
-    setup_process(threads)
+    setup_process(threads, log_path)
 
     def setup():
         col = Coliseum(worker, device, profile, results, go)

@@ -11,14 +11,26 @@ from engine.errors import GenesisError
 from engine.workers.messages import JobFailed, Shutdown, WorkerFatal
 
 
-def setup_process(threads: int) -> None:
-    """Pin torch's thread count (the profile decides) and keep library chatter off the UI's terminal."""
+def setup_process(threads: int, log_path: str | None = None) -> None:
+    """Pin torch's thread count (the profile decides) and keep library chatter off the UI's terminal.
+
+    With ``log_path``, the process's stdout and stderr (file descriptors 1 and 2, so native
+    libraries' output too) go to that file in the run directory: a worker never draws over the
+    TUI or the headless progress, and what it printed is still there to read after a failure.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if log_path:
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
     import torch
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     if threads > 0:
         torch.set_num_threads(threads)
 

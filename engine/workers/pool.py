@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engine.errors import GenesisError
@@ -68,13 +69,18 @@ def auto_threads(profile: Any, device: str, role: str) -> int:
 
 
 class WorkerPool:
-    def __init__(self, profile: Any, publish: Callable[[Event], None], *, with_teacher: bool) -> None:
+    def __init__(
+        self, profile: Any, publish: Callable[[Event], None], *, with_teacher: bool, log_dir: Path | None = None
+    ) -> None:
         import torch.multiprocessing as tmp
 
         from engine.workers.coliseum import coliseum_main
         from engine.workers.teacher import teacher_main
 
         self.profile, self.publish = profile, publish
+        self.log_dir = log_dir
+        if log_dir is not None:
+            log_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = tmp.get_context("spawn")
         self.results = self.ctx.Queue()
         self.go = self.ctx.Event()
@@ -121,12 +127,15 @@ class WorkerPool:
         w.ready = self._loop.create_future()
         w.process = self.ctx.Process(
             target=w.target,
-            args=(w.name, w.device, self.profile, w.threads, w.tasks, self.results, self.go),
+            args=(w.name, w.device, self.profile, w.threads, w.tasks, self.results, self.go, self._log_path(w)),
             name=f"genesis-{w.name}",
             daemon=True,
         )
         w.process.start()
         self.publish(WorkerState(w.name, w.role, w.device, "starting", w.process.pid, f"{w.threads} threads"))
+
+    def _log_path(self, w: _Worker) -> str | None:
+        return str(self.log_dir / f"{w.name}.log") if self.log_dir is not None else None
 
     async def close(self) -> None:
         self._closing = True

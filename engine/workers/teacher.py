@@ -35,9 +35,11 @@ class Teacher:
         raise TypeError(f"teacher cannot handle {type(task).__name__}")
 
 
-def teacher_main(worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any) -> None:
+def teacher_main(
+    worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any, log_path: str | None = None
+) -> None:
     """Entry point of the teacher process (spawned)."""
-    setup_process(threads)
+    setup_process(threads, log_path)
 
     def setup():
         t = Teacher(worker, device, profile)
