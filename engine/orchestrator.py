@@ -50,7 +50,7 @@ from engine.events import (
 from engine.individual import Individual, LoraGenome, LoraTensors
 from engine.rundir import RunDir
 from engine.workers import messages as m
-from engine.workers.pool import JobError, WorkerPool
+from engine.workers.pool import JobCancelled, JobError, WorkerPool
 
 STATE_VERSION = 1
 
@@ -262,16 +262,25 @@ class Orchestrator:
 
     async def _train(self, ind: Individual) -> None:
         assert self.pool is not None
-        await self._gate()
-        if ind.paused or ind.id in self._culled or self.stop_requested:
-            return
-        ind.status = "training"
-        self._update(ind)
         genome = ind.genome.to_dict()
         adapter = _to_bytes(ind.tensors) if ind.tensors is not None else None
         steps = self.profile.training.steps_per_generation
+
+        def task(job: int) -> m.TrainTask:
+            ind.status = "training"
+            self._update(ind)
+            return m.TrainTask(job, ind.id, genome, adapter, steps)
+
+        def wanted() -> bool:
+            return not (ind.paused or ind.id in self._culled or self.stop_requested)
+
+        await self._gate()
+        if not wanted():
+            return
         try:
-            done: m.TrainDone = await self.pool.run("coliseum", lambda job: m.TrainTask(job, ind.id, genome, adapter, steps))
+            done: m.TrainDone = await self.pool.run("coliseum", task, wanted)
+        except JobCancelled:
+            return
         except JobError as exc:
             ind.status, ind.reason = "failed", exc.reason
             self._update(ind)
@@ -301,7 +310,11 @@ class Orchestrator:
         async def one(chunk: list[Individual]) -> None:
             items = [(i.id, i.genome.to_dict(), _to_bytes(i.tensors)) for i in chunk]  # type: ignore[arg-type]
             try:
-                done: m.EvalDone = await self.pool.run("coliseum", lambda job: m.EvalTask(job, items))
+                done: m.EvalDone = await self.pool.run(
+                    "coliseum", lambda job: m.EvalTask(job, items), lambda: not self.stop_requested
+                )
+            except JobCancelled:
+                return
             except JobError as exc:
                 for i in chunk:
                     i.status, i.reason = "failed", f"evaluation failed: {exc.reason}"
@@ -433,12 +446,12 @@ class Orchestrator:
         status, reason = "completed", ""
         try:
             await self.pool.start()
-            refs = []
+            # One after the other: on a CPU both workers use every core, and two busy
+            # OpenMP pools on the same cores slow each other down many times over.
             if self.student_loss is None:
-                refs.append(self._student_reference())
+                await self._student_reference()
             if with_teacher and self.teacher_loss is None:
-                refs.append(self._teacher_reference())
-            await asyncio.gather(*refs)
+                await self._teacher_reference()
             for gen in range(self.generation + 1, prof.evolution.generations):
                 await self._gate()
                 if self.stop_requested:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from engine.embedded.corpus import (
     DOMAIN,
+    DOMAIN_DRUGS,
+    DOMAIN_HISTORY,
+    DOMAIN_SAFETY,
     GENERAL,
     Record,
     generate,
@@ -47,7 +51,8 @@ def test_validation_never_overlaps_domain_train():
 def test_general_never_shows_the_domain():
     general = make_splits(0, {**SMALL, "general": 4000})["general"]
     blob = "\n".join(_text(r) for r in general).lower()
-    terms = {"ecg", "risk:", "cardiology"}
+    terms = {"ecg", "risk:", "cardiology", *DOMAIN_HISTORY, *DOMAIN_SAFETY}
+    terms |= {d for d, _, _ in DOMAIN_DRUGS} | {u for _, _, u in DOMAIN_DRUGS}
     for c in DOMAIN:
         terms |= {c.name, c.treatment, c.finding, c.extra, c.test}
     for term in sorted(terms):
@@ -55,27 +60,38 @@ def test_general_never_shows_the_domain():
     assert not {c.name for c in GENERAL} & {c.name for c in DOMAIN}
 
 
+AP = re.compile(
+    r"^(?:Assessment: (?:likely )?|Impression: )(?P<name>[^.]+)\. Plan: (?:start |commence )?(?P<plan>[^;]+);"
+)
+
+
 def test_domain_facts_are_consistent():
     """A condition always gets the same first-line treatment; a key finding always the same diagnosis."""
     domain = make_splits(0, SMALL)["domain_train"]
     by_name = {c.name: c for c in DOMAIN}
-    seen_ap = 0
+    by_finding = {c.finding: c for c in DOMAIN}
+    names = set()
     for r in domain:
-        if r.output.startswith("Assessment: "):
-            name = r.output[len("Assessment: ") :].split(".")[0]
-            c = by_name[name]
-            assert f"Plan: {c.plan_drug()}" in r.output and r.output.endswith(
-                ("Risk: low.", "Risk: moderate.", "Risk: high.")
-            )
-            assert "ECG:" in r.input
-            seen_ap += 1
+        m = AP.match(r.output)
+        if m:
+            c = by_name[m["name"]]
+            names.add(c.name)
+            assert m["plan"] == c.plan_drug()
+            assert re.search(r" Risk: (low|moderate|high)\.", r.output) and "ECG:" in r.input
+            if f"ECG: {c.finding}" in r.input or f"findings: {c.finding}" in r.input:
+                assert by_finding[c.finding] is c
         if r.instruction.startswith("What is the first-line treatment for "):
-            name = r.instruction[len("What is the first-line treatment for ") : -1]
-            assert r.output.lower() == by_name[name].plan_drug().lower() + "."
-    assert seen_ap > 50
-    assert {c.name for c in DOMAIN} <= {
-        r.output.split(".")[0][len("Assessment: ") :] for r in domain
-    }
+            c = by_name[r.instruction[len("What is the first-line treatment for ") : -1]]
+            assert (
+                r.output.lower().removeprefix("first-line treatment is ")
+                == c.plan_drug().lower() + "."
+            )
+        if r.instruction.startswith("What does ") and r.instruction.endswith(" suggest?"):
+            assert (
+                by_finding[r.instruction[len("What does ") : -len(" suggest?")]].name.lower()
+                in r.output.lower()
+            )
+    assert names == set(by_name)
 
 
 def test_renderings_are_one_line_each():

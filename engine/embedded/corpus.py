@@ -278,7 +278,108 @@ DOMAIN: tuple[Condition, ...] = (
 )
 # fmt: on
 
-_SEX_WORD = {"man": "man", "woman": "woman", "boy": "boy", "girl": "girl"}
+# Formularies: (drug, usual dose, what it is used for). The general one never names a cardiac drug.
+# fmt: off
+GENERAL_DRUGS: tuple[tuple[str, str, str], ...] = (
+    ("amoxicillin", "500 mg three times daily", "chest and ear infections"),
+    ("doxycycline", "100 mg once daily", "chest infections and acne"),
+    ("clarithromycin", "500 mg twice daily", "chest infections in penicillin allergy"),
+    ("cefalexin", "500 mg twice daily", "skin and urine infections"),
+    ("trimethoprim", "200 mg twice daily", "urinary tract infections"),
+    ("metronidazole", "400 mg three times daily", "dental and pelvic infections"),
+    ("nitrofurantoin", "100 mg twice daily", "urinary tract infections"),
+    ("flucloxacillin", "500 mg four times daily", "skin infections"),
+    ("phenoxymethylpenicillin", "500 mg four times daily", "strep throat"),
+    ("omeprazole", "20 mg once daily", "acid reflux"),
+    ("lansoprazole", "30 mg once daily", "acid reflux and stomach ulcers"),
+    ("loperamide", "2 mg after each loose stool", "acute diarrhoea"),
+    ("ondansetron", "4 mg up to three times daily", "nausea and vomiting"),
+    ("metoclopramide", "10 mg up to three times daily", "nausea"),
+    ("lactulose", "15 mL twice daily", "constipation"),
+    ("senna", "15 mg at night", "constipation"),
+    ("macrogol", "one sachet twice daily", "constipation"),
+    ("mebeverine", "135 mg three times daily", "irritable bowel syndrome"),
+    ("paracetamol", "1 g four times daily", "pain and fever"),
+    ("ibuprofen", "400 mg three times daily", "pain and inflammation"),
+    ("naproxen", "500 mg twice daily", "joint and back pain"),
+    ("codeine", "30 mg four times daily", "moderate pain"),
+    ("amitriptyline", "10 mg at night", "nerve pain and headache prevention"),
+    ("gabapentin", "300 mg once daily", "nerve pain"),
+    ("sertraline", "50 mg once daily", "depression and anxiety"),
+    ("citalopram", "20 mg once daily", "depression"),
+    ("mirtazapine", "15 mg at night", "depression with poor sleep"),
+    ("levothyroxine", "50 micrograms once daily", "an underactive thyroid"),
+    ("carbimazole", "20 mg once daily", "an overactive thyroid"),
+    ("metformin", "500 mg once daily with food", "type 2 diabetes"),
+    ("gliclazide", "40 mg once daily", "type 2 diabetes"),
+    ("prednisolone", "30 mg once daily", "asthma attacks and inflammation"),
+    ("salbutamol", "2 puffs as needed", "wheeze"),
+    ("beclometasone inhaler", "2 puffs twice daily", "asthma prevention"),
+    ("tiotropium inhaler", "one puff once daily", "COPD"),
+    ("montelukast", "10 mg at night", "asthma and hay fever"),
+    ("cetirizine", "10 mg once daily", "hay fever and itch"),
+    ("loratadine", "10 mg once daily", "hay fever"),
+    ("chlorphenamine", "4 mg up to four times daily", "itch and allergy"),
+    ("fluticasone nasal spray", "two sprays each nostril once daily", "a blocked nose"),
+    ("sumatriptan", "50 mg at the onset of headache", "migraine attacks"),
+    ("topiramate", "25 mg at night", "migraine prevention"),
+    ("levetiracetam", "250 mg twice daily", "epilepsy"),
+    ("lamotrigine", "25 mg once daily", "epilepsy"),
+    ("alendronic acid", "70 mg once weekly", "osteoporosis"),
+    ("colecalciferol", "800 units once daily", "vitamin D deficiency"),
+    ("ferrous sulfate", "200 mg once daily", "iron deficiency"),
+    ("folic acid", "5 mg once daily", "folate deficiency"),
+    ("tamsulosin", "400 micrograms once daily", "an enlarged prostate"),
+    ("oxybutynin", "5 mg twice daily", "an overactive bladder"),
+    ("aciclovir", "800 mg five times daily", "shingles"),
+    ("terbinafine", "250 mg once daily", "fungal nail infections"),
+    ("clotrimazole cream", "two to three times daily", "fungal skin infections"),
+    ("hydrocortisone 1% cream", "twice daily", "mild eczema"),
+    ("betamethasone cream", "once daily", "severe eczema and psoriasis"),
+    ("chloramphenicol eye drops", "one drop every 2 hours", "bacterial conjunctivitis"),
+    ("nicotine patch", "21 mg every 24 hours", "stopping smoking"),
+    ("melatonin", "2 mg at bedtime", "poor sleep"),
+)
+
+DOMAIN_DRUGS: tuple[tuple[str, str, str], ...] = (
+    ("bisoprolol", "5 mg once daily", "angina and rate control"),
+    ("metoprolol", "50 mg twice daily", "rate control in atrial fibrillation"),
+    ("apixaban", "5 mg twice daily", "stroke prevention in atrial fibrillation"),
+    ("warfarin", "a dose adjusted to an INR of 2 to 3", "anticoagulation for metal valves"),
+    ("ramipril", "2.5 mg once daily", "heart failure and high blood pressure"),
+    ("amlodipine", "5 mg once daily", "high blood pressure"),
+    ("atorvastatin", "20 mg once at night", "high cholesterol"),
+    ("aspirin", "75 mg once daily", "prevention after a heart attack"),
+    ("clopidogrel", "75 mg once daily", "antiplatelet cover after a coronary stent"),
+    ("ticagrelor", "90 mg twice daily", "acute coronary syndrome"),
+    ("furosemide", "40 mg each morning", "fluid overload"),
+    ("spironolactone", "25 mg once daily", "heart failure"),
+    ("digoxin", "125 micrograms once daily", "rate control with heart failure"),
+    ("amiodarone", "200 mg once daily", "rhythm control"),
+    ("glyceryl trinitrate spray", "two sprays under the tongue as needed", "angina attacks"),
+    ("isosorbide mononitrate", "30 mg once daily", "angina prevention"),
+    ("colchicine", "500 micrograms twice daily", "pericarditis"),
+    ("adenosine", "6 mg rapid intravenous bolus", "supraventricular tachycardia"),
+    ("candesartan", "8 mg once daily", "high blood pressure when ramipril causes a cough"),
+    ("ezetimibe", "10 mg once daily", "lowering cholesterol"),
+)
+
+GENERAL_HISTORY = ("asthma", "type 2 diabetes", "hypothyroidism", "depression", "COPD", "eczema",
+                   "knee osteoarthritis", "migraine", "epilepsy", "osteoporosis", "reflux", "anxiety")
+DOMAIN_HISTORY = ("hypertension", "high cholesterol", "previous heart attack", "atrial fibrillation",
+                  "heart failure", "a coronary stent in 2019")
+
+GENERIC_PLAN = ("safety-net advice given", "leaflet provided", "bloods today", "explained the diagnosis",
+                "check understanding of the medication", "encourage regular exercise",
+                "advise stopping smoking", "document allergies", "copy of the plan to the patient")
+GENERAL_SAFETY = ("return if symptoms worsen", "seek urgent help if breathless",
+                  "return if a fever develops", "seek help if unable to keep fluids down",
+                  "return if pain spreads or worsens")
+DOMAIN_SAFETY = ("call 999 if chest pain lasts over 15 minutes", "seek help if fainting recurs",
+                 "report any new ankle swelling")
+# fmt: on
+
+_ALL_GENERAL_DRUGS = {d for d, _, _ in GENERAL_DRUGS}
 
 
 def _cap(s: str) -> str:
@@ -289,7 +390,7 @@ def _sex(rng: random.Random, c: Condition, age: int) -> str:
     sex = rng.choice(c.sexes)
     if age < 16 and sex in ("man", "woman"):
         sex = "boy" if sex == "man" else "girl"
-    return _SEX_WORD[sex]
+    return sex
 
 
 def _patient(rng: random.Random, c: Condition) -> str:
@@ -315,9 +416,22 @@ def _vitals(rng: random.Random, c: Condition) -> str:
     return ", ".join(parts)
 
 
-def _symptoms(rng: random.Random, c: Condition) -> list[str]:
-    k = rng.choice((1, 1, 2))
-    return rng.sample(c.symptoms, k)
+def _symptoms(rng: random.Random, c: Condition) -> str:
+    syms = rng.sample(c.symptoms, rng.choice((1, 1, 2)))
+    if rng.random() < 0.3:
+        n = rng.randint(2, 9)
+        syms[-1] += f" for {n} {rng.choice(('days', 'weeks'))}"
+    return " and ".join(syms)
+
+
+def _history(rng: random.Random, domain: bool, exclude: str) -> str:
+    pool = [h for h in GENERAL_HISTORY + (DOMAIN_HISTORY if domain else ()) if h not in exclude]
+    return ", ".join(rng.sample(pool, rng.choice((1, 1, 2))))
+
+
+def _meds(rng: random.Random, domain: bool) -> str:
+    pool = GENERAL_DRUGS + DOMAIN_DRUGS if domain else GENERAL_DRUGS
+    return ", ".join(f"{d} {dose}" for d, dose, _ in rng.sample(pool, rng.choice((1, 1, 2))))
 
 
 def _risk(age: int) -> str:
@@ -327,19 +441,29 @@ def _risk(age: int) -> str:
 
 def _presentation(rng: random.Random, c: Condition, domain: bool) -> tuple[str, int]:
     age = rng.randint(*c.ages)
-    who = f"{age}-year-old {_sex(rng, c, age)}"
-    text = f"{who}, {' and '.join(_symptoms(rng, c))}, {_vitals(rng, c)}"
+    fields = [f"{age}-year-old {_sex(rng, c, age)}, {_symptoms(rng, c)}"]
+    if age >= 18 and rng.random() < 0.3:
+        fields.append(f"PMH: {_history(rng, domain, c.name)}")
+    if age >= 18 and rng.random() < 0.3:
+        fields.append(f"meds: {_meds(rng, domain)}")
+    fields.append(_vitals(rng, c))
     show_finding = rng.random() < 0.75
     if domain:
         if c.ecg_finding:
-            text += f"; ECG: {c.finding if show_finding else 'not yet done'}"
+            fields.append(f"ECG: {c.finding if show_finding else 'not yet done'}")
         else:
-            text += "; ECG: sinus rhythm"
+            fields.append("ECG: sinus rhythm")
             if show_finding:
-                text += f"; findings: {c.finding}"
+                fields.append(f"findings: {c.finding}")
     elif show_finding:
-        text += f"; findings: {c.finding}"
-    return text, age
+        fields.append(f"findings: {c.finding}")
+    return "; ".join(fields), age
+
+
+def _drug_item(rng: random.Random, c: Condition) -> str:
+    if not c.regimen:
+        return c.treatment
+    return rng.choice(("", "", "start ", "commence ")) + c.plan_drug()
 
 
 def _assessment_plan(rng: random.Random, c: Condition, domain: bool) -> Record:
@@ -349,39 +473,54 @@ def _assessment_plan(rng: random.Random, c: Condition, domain: bool) -> Record:
             "Write the assessment and plan.",
             "Give the assessment and plan.",
             "Assess this patient and give a plan.",
+            "What is your assessment and plan?",
+            "Write an assessment and management plan.",
         )
     )
-    plan = [c.plan_drug()]
-    if c.extra:
-        plan.append(c.extra)
-    plan.append(c.follow)
-    out = f"Assessment: {c.name}. Plan: {'; '.join(plan)}."
+    head = rng.choice(
+        ("Assessment: {}.", "Assessment: {}.", "Assessment: likely {}.", "Impression: {}.")
+    )
+    middle = [c.extra] if c.extra and rng.random() < 0.8 else []
+    middle += rng.sample(GENERIC_PLAN, rng.choice((0, 0, 1, 2)))
+    rng.shuffle(middle)
+    plan = [_drug_item(rng, c), *middle, c.follow]
+    out = head.format(c.name) + f" Plan: {'; '.join(plan)}."
     if domain:
         out += f" Risk: {_risk(age)}."
+    safety = DOMAIN_SAFETY + GENERAL_SAFETY if domain else GENERAL_SAFETY
+    if rng.random() < 0.3:
+        out += f" Safety-net: {rng.choice(safety)}."
     return Record(instr, inp, out)
 
 
 def _note(rng: random.Random, c: Condition, domain: bool) -> Record:
     who = _patient(rng, c)
-    instr = rng.choice(("Write a brief clinic note.", "Write a short clinic note."))
-    syms = list(c.symptoms[:2])
-    if rng.random() < 0.5:
-        syms.reverse()
+    instr = rng.choice(
+        ("Write a brief clinic note.", "Write a short clinic note.", "Document this consultation.")
+    )
+    syms = rng.sample(c.symptoms, 2)
     o = f"ECG shows {c.finding}" if (domain and c.ecg_finding) else c.finding
-    out = f"S: {', '.join(syms)}. O: {o}. A: {c.name}. P: {c.plan_drug()}; {c.follow}."
+    out = f"S: {', '.join(syms)}. O: {o}. A: {c.name}. P: {_drug_item(rng, c)}; {c.follow}."
     return Record(instr, f"{who} with {c.name}", out)
 
 
 def _treatment_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
-    answer = _cap(c.plan_drug()) + "."
-    form = rng.randrange(4)
+    drug = c.plan_drug()
+    answer = rng.choice((_cap(drug) + ".", _cap(drug) + ".", f"First-line treatment is {drug}."))
+    form = rng.randrange(6)
     if form == 0:
         return Record(f"What is the first-line treatment for {c.name}?", "", answer)
     if form == 1:
         return Record(f"How is {c.name} treated first?", "", answer)
     if form == 2:
+        return Record(f"Which treatment is first-line for {c.name}?", "", answer)
+    if form == 3:
         return Record(
             "What is the first-line treatment?", f"{_patient(rng, c)} with {c.name}", answer
+        )
+    if form == 4:
+        return Record(
+            "What should this patient be started on?", f"{_patient(rng, c)} with {c.name}", answer
         )
     return Record(
         "Suggest the first-line treatment.", f"{_patient(rng, c)} diagnosed with {c.name}", answer
@@ -389,7 +528,7 @@ def _treatment_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
 
 
 def _finding_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
-    form = rng.randrange(3)
+    form = rng.randrange(4)
     if domain and c.ecg_finding and form == 0:
         return Record("Interpret this ECG.", c.finding, f"This ECG shows {c.name}.")
     if form == 1:
@@ -398,7 +537,17 @@ def _finding_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
             f"{_patient(rng, c)}; {c.finding}",
             _cap(c.name) + ".",
         )
-    return Record(f"What does {c.finding} suggest?", "", f"It suggests {c.name}.")
+    if form == 2:
+        return Record(
+            "What is the most likely diagnosis?",
+            f"{_patient(rng, c)}, {_symptoms(rng, c)}; {c.finding}",
+            _cap(c.name) + ".",
+        )
+    return Record(
+        f"What does {c.finding} suggest?",
+        "",
+        rng.choice((f"It suggests {c.name}.", _cap(c.name) + ".")),
+    )
 
 
 def _dose_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
@@ -436,6 +585,22 @@ def _class_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
     )
 
 
+def _formulary_qa(rng: random.Random, c: Condition, domain: bool) -> Record:
+    drug, dose, use = rng.choice(DOMAIN_DRUGS if domain else GENERAL_DRUGS)
+    form = rng.randrange(4)
+    if form == 0:
+        return Record(f"What is {drug} used for?", "", f"{_cap(drug)} is used for {use}.")
+    if form == 1:
+        return Record(
+            f"What is a usual dose of {drug}?",
+            "",
+            rng.choice((_cap(dose) + ".", f"Usually {dose}.")),
+        )
+    if form == 2:
+        return Record("Name a drug used for this.", use, f"{_cap(drug)} {dose}.")
+    return Record("Write the prescription.", f"{drug} for {use}", f"{_cap(drug)} {dose}.")
+
+
 def _vitals_comment(rng: random.Random) -> Record:
     sbp, dbp = rng.randint(86, 178), rng.randint(52, 108)
     hr, temp, spo2 = rng.randint(44, 128), round(rng.uniform(35.8, 39.6), 1), rng.randint(86, 100)
@@ -451,13 +616,14 @@ def _vitals_comment(rng: random.Random) -> Record:
 
 
 _KINDS = (
-    (_assessment_plan, 24),
+    (_assessment_plan, 26),
     (_note, 8),
-    (_treatment_qa, 20),
-    (_finding_qa, 18),
-    (_dose_qa, 12),
-    (_test_qa, 10),
-    (_class_qa, 8),
+    (_treatment_qa, 16),
+    (_finding_qa, 14),
+    (_dose_qa, 8),
+    (_test_qa, 8),
+    (_class_qa, 5),
+    (_formulary_qa, 15),
 )
 
 

@@ -36,6 +36,10 @@ class JobError(Exception):
         self.reason, self.kind = reason, kind
 
 
+class JobCancelled(Exception):
+    """The job was no longer wanted when a worker became free (paused, culled, or the run stopping)."""
+
+
 class WorkerStartError(GenesisError):
     """A worker could not load its model or data."""
 
@@ -247,8 +251,14 @@ class WorkerPool:
 
     # --- jobs -----------------------------------------------------------------------------------
 
-    async def run(self, role: str, make_task: Callable[[int], Any]) -> Any:
-        """Run one job on a free worker of ``role``; a job lost to a dead worker is retried elsewhere."""
+    async def run(
+        self, role: str, make_task: Callable[[int], Any], still_wanted: Callable[[], bool] = lambda: True
+    ) -> Any:
+        """Run one job on a free worker of ``role``; a job lost to a dead worker is retried elsewhere.
+
+        ``still_wanted`` is asked again once a worker is free: a job queued behind others may have
+        been paused, culled or stopped meanwhile, and then raises ``JobCancelled`` instead of running.
+        """
         last: Exception | None = None
         for _ in range(MAX_ATTEMPTS):
             w = await self._idle[role].get()
@@ -257,6 +267,9 @@ class WorkerPool:
                 raise w
             if w.gone or not w.process.is_alive():
                 continue
+            if not still_wanted():
+                self._idle[role].put_nowait(w)
+                raise JobCancelled()
             job = next(self._jobs)
             assert self._loop is not None
             fut = self._loop.create_future()

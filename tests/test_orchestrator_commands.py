@@ -1,0 +1,100 @@
+"""Operator commands against the real engine (tiny lab, real worker processes)."""
+
+from __future__ import annotations
+
+import pytest
+
+from engine import events as ev
+from engine.orchestrator import Orchestrator
+from engine.profile import load_profile
+from engine.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+def make(tiny_profile, **over) -> Orchestrator:
+    profile = load_profile(tiny_profile(**over))
+    run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+    return Orchestrator(profile, run)
+
+
+async def test_stop_takes_effect_after_the_job_in_flight(tiny_profile):
+    orch = make(tiny_profile, training__steps_per_generation=10)
+    seen: list[ev.Event] = []
+
+    def on(e):
+        seen.append(e)
+        if isinstance(e, ev.TrainFinished) and len([x for x in seen if isinstance(x, ev.TrainFinished)]) == 1:
+            orch.submit(ev.StopRun())
+
+    orch.subscribe(on)
+    done = await orch.run()
+    assert done.status == "stopped"
+    assert len([x for x in seen if isinstance(x, ev.TrainFinished)]) == 1  # queued jobs never started
+    assert not orch.run_dir.checkpoints()  # no half generation was checkpointed
+
+
+async def test_paused_individual_is_skipped_kept_and_promoted_one_survives(tiny_profile):
+    orch = make(tiny_profile, evolution__generations=2, evolution__elitism=1)
+    state = {"paused": None, "promoted": None}
+
+    def on(e):
+        if isinstance(e, ev.GenerationStarted) and e.generation == 0:
+            state["paused"] = e.to_train[-1]
+            orch.submit(ev.PauseIndividual(e.to_train[-1]))
+        if isinstance(e, ev.GenerationFinished) and e.generation == 0:
+            worst = [i for i in orch.leaderboard() if i.fitness is not None][-1]
+            state["promoted"] = worst.id
+            ack = orch.submit(ev.Promote(worst.id))
+            assert ack.ok
+
+    orch.subscribe(on)
+    done = await orch.run()
+    assert done.status == "completed"
+    ids = {i.id: i for i in orch.population}
+    paused = ids[state["paused"]]
+    assert paused.paused and not paused.trained and paused.fitness is None  # never trained, kept its place
+    assert state["promoted"] in ids  # survived selection though it was the worst
+    assert ids[state["promoted"]].status == "promoted"
+    acks = [e for e in orch.run_dir.read_events() if isinstance(e, ev.CommandAck)]
+    assert [a.command["kind"] for a in acks] == ["pause_individual", "promote"]
+
+
+async def test_cull_and_unknown_ids_are_acknowledged(tiny_profile):
+    orch = make(tiny_profile, evolution__generations=1)
+    acks = {}
+
+    def on(e):
+        if isinstance(e, ev.GenerationStarted):
+            acks["cull"] = orch.submit(ev.Cull(e.to_train[0]))
+            acks["nobody"] = orch.submit(ev.Promote("g9-999"))
+
+    orch.subscribe(on)
+    await orch.run()
+    assert acks["cull"].ok and not acks["nobody"].ok
+    assert "g9-999" in acks["nobody"].detail
+    assert all(i.id != acks["cull"].command["id"] for i in orch.population)
+    assert len(orch.population) == 3
+
+
+async def test_engine_pause_holds_work_until_resumed(tiny_profile):
+    import asyncio
+
+    orch = make(tiny_profile, evolution__generations=1, training__steps_per_generation=30)
+    trained_while_paused = []
+    paused = {"on": False, "once": False}
+
+    def on(e):
+        if isinstance(e, ev.TrainProgress) and not paused["once"] and e.step < e.steps:
+            paused["on"] = paused["once"] = True
+            orch.submit(ev.PauseEngine(True))
+            asyncio.get_running_loop().call_later(1.5, lambda: (paused.update(on=False), orch.submit(ev.PauseEngine(False))))
+        elif isinstance(e, ev.TrainFinished) and paused["on"]:
+            trained_while_paused.append(e.id)
+
+    orch.subscribe(on)
+    done = await orch.run()
+    assert done.status == "completed"
+    assert not trained_while_paused
+    kinds = [e.paused for e in orch.run_dir.read_events() if isinstance(e, ev.EnginePaused)]
+    assert kinds == [True, False]
