@@ -29,7 +29,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--profile", default=str(ROOT / "profiles" / "demo.toml"))
     ap.add_argument("--n", type=int, default=16, help="individuals")
     ap.add_argument("--rows", type=int, default=4, help="validation sequences per individual")
@@ -53,8 +55,14 @@ def main() -> None:
     ranks = [(8, 16, 32)[k % 3] for k in range(args.n)]
     names = []
     for k, r in enumerate(ranks):
-        genome = {"rank": r, "alpha": 2.0 * r, "target_modules": list(profile.population.target_modules),
-                  "dropout": 0.0, "learning_rate": 1e-3, "seed": k}
+        genome = {
+            "rank": r,
+            "alpha": 2.0 * r,
+            "target_modules": list(profile.population.target_modules),
+            "dropout": 0.0,
+            "learning_rate": 1e-3,
+            "seed": k,
+        }
         name = f"ind_{k}"
         col._add(name, genome, None)
         with torch.no_grad():  # trained-looking adapters: nonzero B
@@ -98,16 +106,29 @@ def main() -> None:
                 times.append(time.perf_counter() - t0)
         return statistics.median(times)
 
-    t = {name: timeit(fn) for name, fn in
-         [("batched", batched), ("swapping", swapping), ("ideal", ideal), ("base_one_pass", base_one_pass)]}
+    t = {
+        name: timeit(fn)
+        for name, fn in [
+            ("batched", batched),
+            ("swapping", swapping),
+            ("ideal", ideal),
+            ("base_one_pass", base_one_pass),
+        ]
+    }
     tokens = int(mask.sum()) * n
-    print(f"population evaluation: {n} individuals (ranks {sorted(set(ranks))}) × {rows} sequences × "
-          f"{ids.size(1)} tokens, device {args.device}, torch threads {torch.get_num_threads()}, median of {args.repeat}")
+    print(
+        f"population evaluation: {n} individuals (ranks {sorted(set(ranks))}) × {rows} sequences × "
+        f"{ids.size(1)} tokens, device {args.device}, torch threads {torch.get_num_threads()}, median of {args.repeat}"
+    )
     for name in ("batched", "swapping", "ideal", "base_one_pass"):
         print(f"  {name:<14} {t[name] * 1000:8.1f} ms   {tokens / t[name]:9.0f} tokens/s")
     print(f"  ratio ideal/batched           {t['ideal'] / t['batched']:.3f}   (target ≥ 0.85)")
-    print(f"  ratio swapping/batched        {t['swapping'] / t['batched']:.3f}   (speed-up of batching)")
-    print(f"  ratio base_one_pass/batched   {t['base_one_pass'] / t['batched']:.3f}   (LoRA cost vs one plain pass of all rows)")
+    print(
+        f"  ratio swapping/batched        {t['swapping'] / t['batched']:.3f}   (speed-up of batching)"
+    )
+    print(
+        f"  ratio base_one_pass/batched   {t['base_one_pass'] / t['batched']:.3f}   (LoRA cost vs one plain pass of all rows)"
+    )
 
 
 if __name__ == "__main__":

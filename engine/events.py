@@ -149,7 +149,9 @@ class TrainProgress(Event):
     step: int
     steps: int
     loss: float
-    terms: dict[str, float] = field(default_factory=dict)  # e.g. {"ce": 2.1}; distillation adds "kd"
+    terms: dict[str, float] = field(
+        default_factory=dict
+    )  # e.g. {"ce": 2.1}; distillation adds "kd"
 
 
 @dataclass(frozen=True)

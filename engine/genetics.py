@@ -58,8 +58,10 @@ def mutate_choice(value: int, choices: Sequence[int], rate: float, rng: random.R
     options = sorted(choices)
     if rng.random() >= rate or len(options) < 2:
         return value
-    i = options.index(value) if value in options else min(
-        range(len(options)), key=lambda j: abs(options[j] - value)
+    i = (
+        options.index(value)
+        if value in options
+        else min(range(len(options)), key=lambda j: abs(options[j] - value))
     )
     step = rng.choice([-1, 1])
     if not 0 <= i + step < len(options):

@@ -64,4 +64,6 @@ class Individual:
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> Individual:
         names = {f.name for f in dataclasses.fields(cls)} - {"tensors", "genome"}
-        return cls(genome=LoraGenome.from_dict(d["genome"]), **{k: v for k, v in d.items() if k in names})
+        return cls(
+            genome=LoraGenome.from_dict(d["genome"]), **{k: v for k, v in d.items() if k in names}
+        )

@@ -29,7 +29,9 @@ def token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     return (per_token * mask).sum(dim=1), mask.sum(dim=1)
 
 
-def cross_entropy(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+def cross_entropy(
+    logits: torch.Tensor, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean next-token cross-entropy over the batch's scored tokens."""
     sums, counts = token_losses(logits, batch["labels"])
     loss = sums.sum() / counts.sum().clamp(min=1)
@@ -47,7 +49,9 @@ def get_loss(name: str, **_: Any) -> LossFn:
 
 
 @torch.no_grad()
-def validation_loss(model: torch.nn.Module, split: Any, batch_size: int, device: str) -> tuple[float, int]:
+def validation_loss(
+    model: torch.nn.Module, split: Any, batch_size: int, device: str
+) -> tuple[float, int]:
     """Token-weighted mean validation loss of ``model`` over a tokenized split, and its token count.
 
     The lab's fitness, the teacher's reference and the exported adapter's check all use this.

@@ -89,7 +89,9 @@ def preflight(profile: Any) -> None:
     """Check devices, weights and quantization for every model of the profile before starting."""
     problems: list[str] = []
     seen: set[str] = set()
-    roles: list[tuple[str, Any, list[str]]] = [("student", profile.student, list(profile.devices.coliseum))]
+    roles: list[tuple[str, Any, list[str]]] = [
+        ("student", profile.student, list(profile.devices.coliseum))
+    ]
     if profile.teacher is not None and profile.teacher.enabled:
         roles.append(("teacher", profile.teacher, [profile.devices.teacher]))
     for role, spec, devices in roles:
@@ -124,7 +126,6 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def load_causal_lm(spec: Any, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer onto ``device`` as ``spec`` (a profile model spec) says."""
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     problem = device_problem(device) or weights_problem(spec.model, spec.revision)
@@ -152,7 +153,10 @@ def load_causal_lm(spec: Any, device: str) -> tuple[PreTrainedModel, PreTrainedT
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(
-            path, revision=spec.revision, trust_remote_code=spec.trust_remote_code, local_files_only=True
+            path,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            local_files_only=True,
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {spec.model}: {exc}") from exc

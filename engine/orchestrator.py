@@ -40,10 +40,10 @@ from engine.events import (
     PauseEngine,
     PauseIndividual,
     Promote,
+    ReferenceReport,
     RunFinished,
     RunStarted,
     StopRun,
-    ReferenceReport,
     TrainFinished,
     command_from_dict,
 )
@@ -101,8 +101,18 @@ class Orchestrator:
         g = ind.genome
         self.publish(
             IndividualUpdate(
-                ind.id, ind.generation, ind.status, g.rank, g.alpha, g.learning_rate, list(ind.parents),
-                ind.operator, ind.fitness, ind.val_loss, ind.perplexity, ind.reason,
+                ind.id,
+                ind.generation,
+                ind.status,
+                g.rank,
+                g.alpha,
+                g.learning_rate,
+                list(ind.parents),
+                ind.operator,
+                ind.fitness,
+                ind.val_loss,
+                ind.perplexity,
+                ind.reason,
             )
         )
 
@@ -131,7 +141,10 @@ class Orchestrator:
             self.stop_requested = True
             if self.paused:
                 self._apply(PauseEngine(False))
-            return True, "stopping after the work in flight; the last complete generation stays resumable"
+            return (
+                True,
+                "stopping after the work in flight; the last complete generation stays resumable",
+            )
         ind = self.find(getattr(cmd, "id", ""))
         if ind is None:
             return False, f"no individual {getattr(cmd, 'id', '?')!r} in the current population"
@@ -140,7 +153,11 @@ class Orchestrator:
             if cmd.paused:
                 ind.status = "paused"
             else:
-                ind.status = "evaluated" if ind.fitness is not None else ("queued" if not ind.trained else "trained")
+                ind.status = (
+                    "evaluated"
+                    if ind.fitness is not None
+                    else ("queued" if not ind.trained else "trained")
+                )
             self._update(ind)
             return True, f"{ind.id} {'paused' if cmd.paused else 'resumed'}"
         if isinstance(cmd, Promote):
@@ -161,7 +178,9 @@ class Orchestrator:
         if isinstance(cmd, ExportIndividual):
             if ind.tensors is None:
                 return False, f"{ind.id} has no trained adapter yet"
-            asyncio.get_running_loop().create_task(self._export(ind, self.run_dir.path / "exports" / ind.id))
+            asyncio.get_running_loop().create_task(
+                self._export(ind, self.run_dir.path / "exports" / ind.id)
+            )
             return True, f"exporting {ind.id}"
         return False, f"unknown command {cmd.kind}"
 
@@ -182,7 +201,10 @@ class Orchestrator:
         return pop.alpha_ratio * rank if pop.alpha_rule == "ratio" else pop.alpha
 
     def _lr_bounds(self) -> tuple[float, float]:
-        lr, spread = self.profile.training.learning_rate, self.profile.population.learning_rate_spread
+        lr, spread = (
+            self.profile.training.learning_rate,
+            self.profile.population.learning_rate_spread,
+        )
         return lr / spread, lr * spread
 
     def initial_population(self) -> list[Individual]:
@@ -192,7 +214,14 @@ class Orchestrator:
         for _ in range(pop.size):
             rank = self.rng.choice(list(pop.ranks))
             lr = math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
-            genome = LoraGenome(rank, self._alpha(rank), tuple(pop.target_modules), pop.dropout, lr, self.rng.randrange(2**31))
+            genome = LoraGenome(
+                rank,
+                self._alpha(rank),
+                tuple(pop.target_modules),
+                pop.dropout,
+                lr,
+                self.rng.randrange(2**31),
+            )
             out.append(Individual(self._new_id(0), 0, genome, [], "random"))
         return out
 
@@ -204,20 +233,36 @@ class Orchestrator:
         evo, pop = self.profile.evolution, self.profile.population
         rank = a.genome.rank if b is None else self.rng.choice([a.genome.rank, b.genome.rank])
         new_rank = genetics.mutate_choice(rank, pop.ranks, evo.rank_mutation_rate, self.rng)
-        lr = a.genome.learning_rate if b is None else math.sqrt(a.genome.learning_rate * b.genome.learning_rate)
+        lr = (
+            a.genome.learning_rate
+            if b is None
+            else math.sqrt(a.genome.learning_rate * b.genome.learning_rate)
+        )
         lo, hi = self._lr_bounds()
         if hi > lo and self.rng.random() < evo.mutation_rate:
             lr = min(hi, max(lo, lr * math.exp(self.rng.gauss(0.0, 0.3))))
-        targets = tuple(sorted(set(a.genome.target_modules) | set(b.genome.target_modules if b else ())))
-        genome = LoraGenome(new_rank, self._alpha(new_rank), targets, pop.dropout, lr, self.rng.randrange(2**31))
+        targets = tuple(
+            sorted(set(a.genome.target_modules) | set(b.genome.target_modules if b else ()))
+        )
+        genome = LoraGenome(
+            new_rank, self._alpha(new_rank), targets, pop.dropout, lr, self.rng.randrange(2**31)
+        )
         gen = torch.Generator().manual_seed(genome.seed)
         assert a.tensors is not None
         if b is not None:
             assert b.tensors is not None
             weight = self.rng.uniform(0.3, 0.7)
             tensors, _ = crossover(
-                evo.crossover, a.tensors, a.genome.scaling, b.tensors, b.genome.scaling,
-                child_rank=new_rank, child_scaling=genome.scaling, weight=weight, density=evo.density, generator=gen,
+                evo.crossover,
+                a.tensors,
+                a.genome.scaling,
+                b.tensors,
+                b.genome.scaling,
+                child_rank=new_rank,
+                child_scaling=genome.scaling,
+                weight=weight,
+                density=evo.density,
+                generator=gen,
             )
             op, parents = f"{evo.crossover} {weight:.2f}", [a.id, b.id]
         else:
@@ -225,7 +270,9 @@ class Orchestrator:
             if new_rank != a.genome.rank:
                 tensors = change_rank(tensors, a.genome.scaling, new_rank, genome.scaling, gen)
             op, parents = "copy", [a.id]
-        tensors, n_mut = mutate(tensors, rate=evo.mutation_rate, scale=evo.mutation_scale, generator=gen)
+        tensors, n_mut = mutate(
+            tensors, rate=evo.mutation_rate, scale=evo.mutation_scale, generator=gen
+        )
         if n_mut:
             op += f" +mut{n_mut}"
         if new_rank != rank:
@@ -238,7 +285,9 @@ class Orchestrator:
         """Elites (and promoted) survive unscored-again, paused keep their place, children fill the rest."""
         evo, size = self.profile.evolution, self.profile.population.size
         scored = [i for i in self.population if i.fitness is not None and not i.paused]
-        waiting = [i for i in self.population if i.paused or (i.fitness is None and i.status != "failed")]
+        waiting = [
+            i for i in self.population if i.paused or (i.fitness is None and i.status != "failed")
+        ]
         promoted = {i.id for i in scored if i.promoted}
         elites = genetics.select_elites(scored, evo.elitism, promoted)
         for e in elites:
@@ -248,8 +297,12 @@ class Orchestrator:
         children = []
         if scored:
             children = genetics.breed(
-                scored, n_children, evo.tournament_size, self.rng,
-                lambda a, b: self._make_child(generation, a, b), evo.crossover_rate,
+                scored,
+                n_children,
+                evo.tournament_size,
+                self.rng,
+                lambda a, b: self._make_child(generation, a, b),
+                evo.crossover_rate,
             )
         for ind in self.population:
             if ind not in elites and ind not in waiting:
@@ -289,7 +342,11 @@ class Orchestrator:
         ind.tensors = _from_bytes(done.adapter)
         ind.trained = True
         ind.loss_history.extend(done.losses)
-        self.publish(TrainFinished(ind.id, done.worker, len(done.losses), done.losses[-1], done.tokens, done.seconds))
+        self.publish(
+            TrainFinished(
+                ind.id, done.worker, len(done.losses), done.losses[-1], done.tokens, done.seconds
+            )
+        )
         if ind.id in self._culled:
             return
         ind.status = "paused" if ind.paused else "trained"
@@ -320,7 +377,9 @@ class Orchestrator:
                     i.status, i.reason = "failed", f"evaluation failed: {exc.reason}"
                     self._update(i)
                 return
-            self.publish(EvaluationFinished(done.worker, [i.id for i in chunk], done.tokens, done.seconds))
+            self.publish(
+                EvaluationFinished(done.worker, [i.id for i in chunk], done.tokens, done.seconds)
+            )
             for i in chunk:
                 loss, _ = done.scores[i.id]
                 i.val_loss, i.perplexity, i.fitness = loss, math.exp(min(loss, 50.0)), -loss
@@ -336,21 +395,33 @@ class Orchestrator:
         try:
             done: m.TeacherDone = await self.pool.run("teacher", lambda job: m.TeacherEvalTask(job))
         except JobError as exc:
-            self.publish(Log("warning", f"the teacher could not score the validation split: {exc.reason}"))
+            self.publish(
+                Log("warning", f"the teacher could not score the validation split: {exc.reason}")
+            )
             return
         self.teacher_loss = done.val_loss
-        self.publish(ReferenceReport("teacher", done.val_loss, math.exp(min(done.val_loss, 50.0)), done.seconds))
+        self.publish(
+            ReferenceReport(
+                "teacher", done.val_loss, math.exp(min(done.val_loss, 50.0)), done.seconds
+            )
+        )
 
     async def _student_reference(self) -> None:
         """The untrained student's validation loss, scored by the coliseum like any individual."""
         assert self.pool is not None
         try:
-            done: m.EvalDone = await self.pool.run("coliseum", lambda job: m.EvalTask(job, [("base", None, None)]))
+            done: m.EvalDone = await self.pool.run(
+                "coliseum", lambda job: m.EvalTask(job, [("base", None, None)])
+            )
         except JobError as exc:
             self.publish(Log("warning", f"the untrained student could not be scored: {exc.reason}"))
             return
         self.student_loss = done.scores["base"][0]
-        self.publish(ReferenceReport("student", self.student_loss, math.exp(min(self.student_loss, 50.0)), done.seconds))
+        self.publish(
+            ReferenceReport(
+                "student", self.student_loss, math.exp(min(self.student_loss, 50.0)), done.seconds
+            )
+        )
 
     async def _export(self, ind: Individual, out_dir: Path) -> Path | None:
         """The individual's adapter as a PEFT directory plus a mergekit recipe (in the coliseum)."""
@@ -358,7 +429,15 @@ class Orchestrator:
         blob = _to_bytes(ind.tensors)
         try:
             done: m.ExportDone = await self.pool.run(
-                "coliseum", lambda job: m.ExportTask(job, ind.id, ind.genome.to_dict(), blob, str(out_dir), self.merge_champion and out_dir.name == "champion")
+                "coliseum",
+                lambda job: m.ExportTask(
+                    job,
+                    ind.id,
+                    ind.genome.to_dict(),
+                    blob,
+                    str(out_dir),
+                    self.merge_champion and out_dir.name == "champion",
+                ),
             )
         except JobError as exc:
             self.publish(Log("error", f"export of {ind.id} failed: {exc.reason}"))
@@ -403,7 +482,11 @@ class Orchestrator:
             if isinstance(e, CheckpointWritten) and e.generation == after_generation:
                 start = k + 1
         for e in events[start:]:
-            if isinstance(e, CommandAck) and e.ok and e.command.get("kind") in ("pause_individual", "promote", "cull"):
+            if (
+                isinstance(e, CommandAck)
+                and e.ok
+                and e.command.get("kind") in ("pause_individual", "promote", "cull")
+            ):
                 cmd = command_from_dict(e.command)
                 if self.find(getattr(cmd, "id", "")) is not None:
                     self._apply(cmd)
@@ -414,14 +497,22 @@ class Orchestrator:
     def _leaderboard_rows(self) -> list[dict[str, Any]]:
         rows = []
         for pos, i in enumerate(self.leaderboard(), 1):
-            rows.append({
-                "place": pos, "id": i.id, "generation": i.generation, "status": i.status,
-                "fitness": "" if i.fitness is None else f"{i.fitness:.6f}",
-                "val_loss": "" if i.val_loss is None else f"{i.val_loss:.6f}",
-                "perplexity": "" if i.perplexity is None else f"{i.perplexity:.4f}",
-                "rank": i.genome.rank, "alpha": i.genome.alpha, "learning_rate": f"{i.genome.learning_rate:.3g}",
-                "parents": " ".join(i.parents), "operator": i.operator,
-            })
+            rows.append(
+                {
+                    "place": pos,
+                    "id": i.id,
+                    "generation": i.generation,
+                    "status": i.status,
+                    "fitness": "" if i.fitness is None else f"{i.fitness:.6f}",
+                    "val_loss": "" if i.val_loss is None else f"{i.val_loss:.6f}",
+                    "perplexity": "" if i.perplexity is None else f"{i.perplexity:.4f}",
+                    "rank": i.genome.rank,
+                    "alpha": i.genome.alpha,
+                    "learning_rate": f"{i.genome.learning_rate:.3g}",
+                    "parents": " ".join(i.parents),
+                    "operator": i.operator,
+                }
+            )
         return rows
 
     # --- the loop -------------------------------------------------------------------------------
@@ -439,10 +530,19 @@ class Orchestrator:
                 resumed_from = gen
                 self._replay_commands(gen)
         self.publish(
-            RunStarted(str(self.run_dir.path), prof.run.name, prof.run.seed, prof.evolution.generations, prof.population.size, resumed_from)
+            RunStarted(
+                str(self.run_dir.path),
+                prof.run.name,
+                prof.run.seed,
+                prof.evolution.generations,
+                prof.population.size,
+                resumed_from,
+            )
         )
         with_teacher = prof.teacher is not None and prof.teacher.enabled
-        self.pool = WorkerPool(prof, self.publish, with_teacher=with_teacher, log_dir=self.run_dir.path / "logs")
+        self.pool = WorkerPool(
+            prof, self.publish, with_teacher=with_teacher, log_dir=self.run_dir.path / "logs"
+        )
         status, reason = "completed", ""
         try:
             await self.pool.start()
@@ -457,7 +557,9 @@ class Orchestrator:
                 if self.stop_requested:
                     break
                 t0 = time.perf_counter()
-                self.population = self.initial_population() if gen == 0 else self.next_population(gen)
+                self.population = (
+                    self.initial_population() if gen == 0 else self.next_population(gen)
+                )
                 self.generation = gen
                 for ind in self.population:
                     if ind.generation == gen or ind.status in ("elite", "promoted"):
@@ -467,7 +569,9 @@ class Orchestrator:
                 await asyncio.gather(*(self._train(i) for i in to_train))
                 if self.stop_requested:
                     break
-                await self._evaluate([i for i in self.population if i.trained and i.fitness is None])
+                await self._evaluate(
+                    [i for i in self.population if i.trained and i.fitness is None]
+                )
                 if self.stop_requested:
                     break
                 self.population = [i for i in self.population if i.id not in self._culled]
@@ -493,7 +597,13 @@ class Orchestrator:
         finally:
             await self.pool.close()
         champ = self.champion
-        finished = RunFinished(status, champ.id if champ else None, champ.fitness if champ else None, champion_dir, reason)
+        finished = RunFinished(
+            status,
+            champ.id if champ else None,
+            champ.fitness if champ else None,
+            champion_dir,
+            reason,
+        )
         self.publish(finished)
         self.run_dir.close()
         return finished
@@ -503,7 +613,11 @@ class Orchestrator:
         best, mean, worst = genetics.summarize([i.fitness for i in scored])  # type: ignore[misc]
         champion = genetics.ranked(scored)[0].id if scored else ""
         self.history.append({"generation": gen, "best": best, "mean": mean, "worst": worst})
-        adapters = {i.id: _to_bytes(i.tensors) for i in self.population if i.trained and i.tensors is not None}
+        adapters = {
+            i.id: _to_bytes(i.tensors)
+            for i in self.population
+            if i.trained and i.tensors is not None
+        }
         path = self.run_dir.save_checkpoint(gen, self._state(), adapters)
         self.run_dir.write_leaderboard(self._leaderboard_rows())
         self.publish(GenerationFinished(gen, best, mean, worst, champion, seconds))

@@ -130,7 +130,9 @@ class RunDir:
     def checkpoint_path(self, generation: int) -> Path:
         return self.path / f"{CHECKPOINT_PREFIX}{generation:04d}"
 
-    def save_checkpoint(self, generation: int, state: dict[str, Any], adapters: dict[str, bytes]) -> Path:
+    def save_checkpoint(
+        self, generation: int, state: dict[str, Any], adapters: dict[str, bytes]
+    ) -> Path:
         """Write generation ``generation`` whole: into a temporary directory, then one rename.
 
         ``adapters`` maps an individual's id to its safetensors bytes.

@@ -28,11 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--profile", metavar="PROFILE.toml", help="the run's profile (TOML); see --help-profile")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last complete generation")
-    p.add_argument("--headless", action="store_true", help="no terminal UI: progress lines and a final leaderboard")
-    p.add_argument("--check", action="store_true", help="validate the profile and this machine, start nothing")
-    p.add_argument("--merge", action="store_true", help="also merge the champion into the base model with mergekit")
+    p.add_argument(
+        "--profile", metavar="PROFILE.toml", help="the run's profile (TOML); see --help-profile"
+    )
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a run from its last complete generation"
+    )
+    p.add_argument(
+        "--headless",
+        action="store_true",
+        help="no terminal UI: progress lines and a final leaderboard",
+    )
+    p.add_argument(
+        "--check", action="store_true", help="validate the profile and this machine, start nothing"
+    )
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="also merge the champion into the base model with mergekit",
+    )
     p.add_argument("--help-profile", action="store_true", help="print the profile schema and exit")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     return p
@@ -71,7 +85,9 @@ def _main(args: argparse.Namespace) -> int:
         return _fail("give either --profile (a new run) or --resume (an existing run), not both.")
     if not args.profile and not args.resume:
         build_parser().print_help(sys.stderr)
-        return _fail("nothing to do: give --profile PROFILE.toml for a new run or --resume RUN_DIR to continue one.")
+        return _fail(
+            "nothing to do: give --profile PROFILE.toml for a new run or --resume RUN_DIR to continue one."
+        )
 
     from engine.models import preflight
     from engine.rundir import RunDir
@@ -98,7 +114,9 @@ def _main(args: argparse.Namespace) -> int:
 
     if not args.resume:
         run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
-    return run_headless(Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume))
+    return run_headless(
+        Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
+    )
 
 
 def _summary(profile) -> str:

@@ -6,10 +6,16 @@ import asyncio
 import signal
 import sys
 import time
-from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from engine.events import (
@@ -22,10 +28,10 @@ from engine.events import (
     GenerationStarted,
     IndividualUpdate,
     Log,
+    ReferenceReport,
     RunFinished,
     RunStarted,
     StopRun,
-    ReferenceReport,
     TrainFinished,
     WorkerState,
 )
@@ -59,30 +65,42 @@ class HeadlessView:
             self.progress.console.print(text)
         else:
             elapsed = time.time() - self.t0
-            self.console.print(f"[{elapsed:7.1f}s] {text}", markup=False, highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[{elapsed:7.1f}s] {text}", markup=False, highlight=False, soft_wrap=True
+            )
 
     def __call__(self, e: Event) -> None:
         if isinstance(e, RunStarted):
-            what = f"resumed after generation {e.resumed_from}" if e.resumed_from is not None else "started"
+            what = (
+                f"resumed after generation {e.resumed_from}"
+                if e.resumed_from is not None
+                else "started"
+            )
             self.line(f"run {what}: {e.run_dir}")
             if e.resumed_from is not None:
                 self.progress.update(self.run_task, completed=e.resumed_from + 1)
         elif isinstance(e, WorkerState) and e.state in ("ready", "dead"):
-            self.line(f"worker {e.worker} on {e.device}: {e.state}{' — ' + e.detail if e.detail else ''}")
+            self.line(
+                f"worker {e.worker} on {e.device}: {e.state}{' — ' + e.detail if e.detail else ''}"
+            )
         elif isinstance(e, ReferenceReport):
             who = "untrained student" if e.model == "student" else "teacher"
             self.line(f"{who}: validation loss {e.val_loss:.4f} (perplexity {e.perplexity:.2f})")
         elif isinstance(e, GenerationStarted):
             if self.gen_task is not None:
                 self.progress.remove_task(self.gen_task)
-            self.gen_task = self.progress.add_task(f"generation {e.generation}", total=len(e.to_train) + 1, info="")
+            self.gen_task = self.progress.add_task(
+                f"generation {e.generation}", total=len(e.to_train) + 1, info=""
+            )
             self.line(f"generation {e.generation}: training {len(e.to_train)} individuals")
         elif isinstance(e, TrainFinished):
             if self.gen_task is not None:
                 self.progress.advance(self.gen_task)
                 self.progress.update(self.gen_task, info=f"{e.id} loss {e.loss:.3f}")
             if not self.live:
-                self.line(f"  trained {e.id}: {e.steps} steps, loss {e.loss:.4f}, {e.tokens / max(e.seconds, 1e-9):.0f} tok/s")
+                self.line(
+                    f"  trained {e.id}: {e.steps} steps, loss {e.loss:.4f}, {e.tokens / max(e.seconds, 1e-9):.0f} tok/s"
+                )
         elif isinstance(e, IndividualUpdate) and e.status == "failed":
             self.line(f"  {e.id} failed: {e.reason}")
         elif isinstance(e, GenerationFinished):
@@ -111,13 +129,20 @@ class HeadlessView:
 def leaderboard_table(orch: Orchestrator, limit: int = 20) -> Table:
     table = Table(title="Leaderboard", title_justify="left")
     for col in ("#", "id", "gen", "status", "val loss", "ppl", "rank", "lr", "operator"):
-        table.add_column(col, justify="right" if col in ("#", "gen", "val loss", "ppl", "rank", "lr") else "left")
+        table.add_column(
+            col, justify="right" if col in ("#", "gen", "val loss", "ppl", "rank", "lr") else "left"
+        )
     for pos, i in enumerate(orch.leaderboard()[:limit], 1):
         table.add_row(
-            str(pos), i.id, str(i.generation), i.status,
+            str(pos),
+            i.id,
+            str(i.generation),
+            i.status,
             "—" if i.val_loss is None else f"{i.val_loss:.4f}",
             "—" if i.perplexity is None else f"{i.perplexity:.2f}",
-            str(i.genome.rank), f"{i.genome.learning_rate:.2g}", i.operator,
+            str(i.genome.rank),
+            f"{i.genome.learning_rate:.2g}",
+            i.operator,
         )
     return table
 
@@ -149,7 +174,9 @@ async def _run(orch: Orchestrator, view: HeadlessView, resume: bool) -> RunFinis
         return await task
 
 
-def run_headless(orch: Orchestrator, *, resume: bool = False, console: Console | None = None) -> int:
+def run_headless(
+    orch: Orchestrator, *, resume: bool = False, console: Console | None = None
+) -> int:
     """Run to the end, print the leaderboard; exit code 0 when completed, 1 when failed, 130 when stopped."""
     console = console or Console(stderr=False)
     view = HeadlessView(console, orch.profile.evolution.generations)
@@ -160,8 +187,11 @@ def run_headless(orch: Orchestrator, *, resume: bool = False, console: Console |
         console.print(leaderboard_table(orch))
     run_path = orch.run_dir.path
     if finished.status == "completed":
-        console.print(f"champion [bold]{finished.champion}[/] (validation loss {-finished.champion_fitness:.4f})"
-                      if finished.champion_fitness is not None else "no champion")
+        console.print(
+            f"champion [bold]{finished.champion}[/] (validation loss {-finished.champion_fitness:.4f})"
+            if finished.champion_fitness is not None
+            else "no champion"
+        )
         if finished.export_dir:
             console.print(f"champion adapter: {finished.export_dir}")
         console.print(f"run directory: {run_path}")
@@ -170,5 +200,8 @@ def run_headless(orch: Orchestrator, *, resume: bool = False, console: Console |
     if finished.status == "stopped":
         console.print(f"run stopped ({finished.reason}); {resume_hint}")
         return 130
-    print(f"genesis-tui: the run failed: {finished.reason} — the event log is {run_path / 'events.jsonl'}; {resume_hint}", file=sys.stderr)
+    print(
+        f"genesis-tui: the run failed: {finished.reason} — the event log is {run_path / 'events.jsonl'}; {resume_hint}",
+        file=sys.stderr,
+    )
     return 1

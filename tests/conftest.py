@@ -50,20 +50,32 @@ def build_tiny_lab(root: Path, seed: int = 0) -> dict[str, Path]:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]"],
+        vocab_size=320,
+        special_tokens=["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(train + val, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
     )
     paths = {"data": data}
     for name, layers, s in (("student", 2, 1), ("teacher", 3, 2)):
         torch.manual_seed(s)
         cfg = LlamaConfig(
-            vocab_size=len(fast), hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-            bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
+            vocab_size=len(fast),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=fast.bos_token_id,
+            eos_token_id=fast.eos_token_id,
+            pad_token_id=fast.pad_token_id,
             tie_word_embeddings=True,
         )
         model = LlamaForCausalLM(cfg)
@@ -81,8 +93,12 @@ def tiny_profile_text(lab: dict[str, Path], out: Path, **over) -> str:
         "student": {"model": str(lab["student"])},
         "teacher": {"model": str(lab["teacher"])},
         "data": {
-            "format": "text", "train": str(lab["data"] / "train.txt"), "validation": str(lab["data"] / "val.txt"),
-            "max_seq_len": 32, "batch_size": 4, "eval_batch_size": 8,
+            "format": "text",
+            "train": str(lab["data"] / "train.txt"),
+            "validation": str(lab["data"] / "val.txt"),
+            "max_seq_len": 32,
+            "batch_size": 4,
+            "eval_batch_size": 8,
         },
         "population": {"size": 4, "ranks": [2, 4], "target_modules": ["q_proj", "v_proj"]},
         "evolution": {"generations": 2, "elitism": 1, "tournament_size": 2, "crossover": "slerp"},

@@ -12,7 +12,14 @@ from engine.profile import load_profile
 from engine.workers import messages as m
 from engine.workers.coliseum import Coliseum
 
-GENOME = {"rank": 4, "alpha": 8.0, "target_modules": ["q_proj", "v_proj"], "dropout": 0.0, "learning_rate": 5e-3, "seed": 11}
+GENOME = {
+    "rank": 4,
+    "alpha": 8.0,
+    "target_modules": ["q_proj", "v_proj"],
+    "dropout": 0.0,
+    "learning_rate": 5e-3,
+    "seed": 11,
+}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +56,12 @@ def test_fitness_depends_on_the_adapter_weights(coliseum):
     a = _train(coliseum, steps=6)
     other = dict(GENOME, seed=99, learning_rate=2e-2)
     b = _train(coliseum, genome=other, steps=6)
-    items = [("a", GENOME, a.adapter), ("b", other, b.adapter), ("a2", GENOME, a.adapter), ("base", None, None)]
+    items = [
+        ("a", GENOME, a.adapter),
+        ("b", other, b.adapter),
+        ("a2", GENOME, a.adapter),
+        ("base", None, None),
+    ]
     scores = coliseum.evaluate(m.EvalTask(2, items)).scores
     assert scores["a"][0] == pytest.approx(scores["a2"][0], abs=1e-6)
     assert abs(scores["a"][0] - scores["b"][0]) > 1e-4
@@ -62,7 +74,9 @@ def test_mixed_batch_equals_one_adapter_at_a_time(coliseum):
     a = _train(coliseum, steps=3)
     other = dict(GENOME, rank=2, alpha=4.0, seed=5)
     b = _train(coliseum, genome=other, steps=3)
-    mixed = coliseum.evaluate(m.EvalTask(3, [("a", GENOME, a.adapter), ("b", other, b.adapter)])).scores
+    mixed = coliseum.evaluate(
+        m.EvalTask(3, [("a", GENOME, a.adapter), ("b", other, b.adapter)])
+    ).scores
     for ind, genome, blob in (("a", GENOME, a.adapter), ("b", other, b.adapter)):
         coliseum._add("solo", genome, blob)
         coliseum.model.set_adapter("solo")
@@ -108,7 +122,11 @@ def test_qlora_student_in_4bit_trains_and_scores_on_cpu(tiny_lab, tmp_path):
 
     p = tmp_path / "q.toml"
     text = tiny_profile_text(tiny_lab, tmp_path / "runs")
-    p.write_text(text.replace("[student]\n", '[student]\nload_in_4bit = true\ncompute_dtype = "float32"\n', 1))
+    p.write_text(
+        text.replace(
+            "[student]\n", '[student]\nload_in_4bit = true\ncompute_dtype = "float32"\n', 1
+        )
+    )
     go = threading.Event()
     go.set()
     col = Coliseum("coliseum-q", "cpu", load_profile(p), queue.Queue(), go)

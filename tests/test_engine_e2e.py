@@ -20,7 +20,13 @@ pytestmark = pytest.mark.slow
 def cli(*args, timeout=600, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "genesis_tui.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, **kw
+        [sys.executable, "-m", "genesis_tui.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        **kw,
     )
 
 
@@ -54,13 +60,19 @@ def test_headless_run_writes_a_complete_run_directory(tiny_profile, tmp_path):
     kinds = [e["kind"] for e in events(run)]
     assert kinds[0] == "run_started" and kinds[-1] == "run_finished"
     assert events(run)[-1]["status"] == "completed"
-    assert {"reference", "generation_finished", "checkpoint", "exported", "train_progress"} <= set(kinds)
+    assert {"reference", "generation_finished", "checkpoint", "exported", "train_progress"} <= set(
+        kinds
+    )
     champion = run / "champion"
-    assert (champion / "adapter_config.json").is_file() and (champion / "adapter_model.safetensors").is_file()
+    assert (champion / "adapter_config.json").is_file() and (
+        champion / "adapter_model.safetensors"
+    ).is_file()
     assert "merge_method" in (champion / "merge.yaml").read_text()
     assert "Leaderboard" in r.stdout and "champion" in r.stdout
     # elites are not re-evaluated: each id is scored exactly once
-    scored = [e["id"] for e in events(run) if e["kind"] == "individual" and e["status"] == "evaluated"]
+    scored = [
+        e["id"] for e in events(run) if e["kind"] == "individual" and e["status"] == "evaluated"
+    ]
     assert len(scored) == len(set(scored))
 
 
@@ -82,7 +94,11 @@ def test_sigkill_mid_generation_then_resume_matches_uninterrupted(tiny_profile, 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "genesis_tui.cli", "--profile", str(prof), "--headless"],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     run = None
@@ -109,7 +125,9 @@ def test_untrained_reference_and_improvement_on_tiny_lab(tiny_profile, tmp_path)
     prof = tiny_profile(evolution__generations=2, training__steps_per_generation=20)
     assert cli("--profile", str(prof), "--headless").returncode == 0
     ev = events(only_run(tmp_path / "runs"))
-    student = next(e for e in ev if e["kind"] == "reference" and e["model"] == "student")["val_loss"]
+    student = next(e for e in ev if e["kind"] == "reference" and e["model"] == "student")[
+        "val_loss"
+    ]
     best = [e for e in ev if e["kind"] == "generation_finished"]
     assert -best[-1]["best"] < student  # the champion beats the untrained student
     assert best[-1]["best"] >= best[0]["best"]  # elitism: the best never gets worse
@@ -118,7 +136,9 @@ def test_untrained_reference_and_improvement_on_tiny_lab(tiny_profile, tmp_path)
 DEMO = ROOT / "profiles" / "demo.toml"
 
 
-@pytest.mark.skipif(not (ROOT / "assets" / "models" / "student" / "config.json").exists(), reason="assets not built")
+@pytest.mark.skipif(
+    not (ROOT / "assets" / "models" / "student" / "config.json").exists(), reason="assets not built"
+)
 def test_demo_two_generations_improves_on_generation_zero_and_the_untrained_student(tmp_path):
     from engine.profile import load_profile
 
@@ -131,7 +151,9 @@ def test_demo_two_generations_improves_on_generation_zero_and_the_untrained_stud
     r = cli("--profile", str(prof), "--headless")
     assert r.returncode == 0, r.stdout + r.stderr
     ev = events(only_run(tmp_path / "runs"))
-    student = next(e for e in ev if e["kind"] == "reference" and e["model"] == "student")["val_loss"]
+    student = next(e for e in ev if e["kind"] == "reference" and e["model"] == "student")[
+        "val_loss"
+    ]
     gens = [e for e in ev if e["kind"] == "generation_finished"]
     done = ev[-1]
     assert done["status"] == "completed"

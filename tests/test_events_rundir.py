@@ -17,7 +17,9 @@ from engine.rundir import RunDir, atomic_write_text
 def test_events_and_commands_round_trip():
     samples = [
         ev.RunStarted("/r", "demo", 1, 4, 8),
-        ev.IndividualUpdate("g0-001", 0, "evaluated", 8, 16.0, 1e-3, ["a", "b"], "slerp", -2.0, 2.0, 7.39),
+        ev.IndividualUpdate(
+            "g0-001", 0, "evaluated", 8, 16.0, 1e-3, ["a", "b"], "slerp", -2.0, 2.0, 7.39
+        ),
         ev.TrainProgress("g0-001", 3, 10, 2.5, {"ce": 2.5}),
         ev.GenerationFinished(1, -2.0, -2.5, -3.0, "g1-009", 12.0),
         ev.CommandAck({"kind": "promote", "id": "x"}, True, "ok"),
@@ -25,7 +27,13 @@ def test_events_and_commands_round_trip():
     for e in samples:
         back = ev.event_from_dict(json.loads(e.to_json()))
         assert back == e
-    for c in [ev.PauseEngine(True), ev.Promote("x"), ev.Cull("y"), ev.PauseIndividual("z", False), ev.StopRun()]:
+    for c in [
+        ev.PauseEngine(True),
+        ev.Promote("x"),
+        ev.Cull("y"),
+        ev.PauseIndividual("z", False),
+        ev.StopRun(),
+    ]:
         assert ev.command_from_dict(c.to_dict()) == c
     with pytest.raises(ValueError):
         ev.event_from_dict({"kind": "nope"})
@@ -42,8 +50,8 @@ def test_event_log_is_append_only_and_skips_a_torn_last_line(tmp_path):
 
 
 def test_checkpoint_is_whole_or_absent_and_corruption_falls_back(tmp_path):
-    from safetensors.torch import save
     import torch
+    from safetensors.torch import save
 
     run = RunDir.create(tmp_path, "t", "[run]\n")
     blob = save({"w": torch.ones(2, 2)})
@@ -64,8 +72,8 @@ def test_checkpoint_is_whole_or_absent_and_corruption_falls_back(tmp_path):
 
 
 def test_failed_checkpoint_write_leaves_previous_intact(tmp_path, monkeypatch):
-    from safetensors.torch import save
     import torch
+    from safetensors.torch import save
 
     run = RunDir.create(tmp_path, "t", "[run]\n")
     blob = save({"w": torch.ones(1)})

@@ -24,13 +24,18 @@ async def test_stop_takes_effect_after_the_job_in_flight(tiny_profile):
 
     def on(e):
         seen.append(e)
-        if isinstance(e, ev.TrainFinished) and len([x for x in seen if isinstance(x, ev.TrainFinished)]) == 1:
+        if (
+            isinstance(e, ev.TrainFinished)
+            and len([x for x in seen if isinstance(x, ev.TrainFinished)]) == 1
+        ):
             orch.submit(ev.StopRun())
 
     orch.subscribe(on)
     done = await orch.run()
     assert done.status == "stopped"
-    assert len([x for x in seen if isinstance(x, ev.TrainFinished)]) == 1  # queued jobs never started
+    assert (
+        len([x for x in seen if isinstance(x, ev.TrainFinished)]) == 1
+    )  # queued jobs never started
     assert not orch.run_dir.checkpoints()  # no half generation was checkpointed
 
 
@@ -53,7 +58,9 @@ async def test_paused_individual_is_skipped_kept_and_promoted_one_survives(tiny_
     assert done.status == "completed"
     ids = {i.id: i for i in orch.population}
     paused = ids[state["paused"]]
-    assert paused.paused and not paused.trained and paused.fitness is None  # never trained, kept its place
+    assert (
+        paused.paused and not paused.trained and paused.fitness is None
+    )  # never trained, kept its place
     assert state["promoted"] in ids  # survived selection though it was the worst
     assert ids[state["promoted"]].status == "promoted"
     acks = [e for e in orch.run_dir.read_events() if isinstance(e, ev.CommandAck)]
@@ -88,7 +95,9 @@ async def test_engine_pause_holds_work_until_resumed(tiny_profile):
         if isinstance(e, ev.TrainProgress) and not paused["once"] and e.step < e.steps:
             paused["on"] = paused["once"] = True
             orch.submit(ev.PauseEngine(True))
-            asyncio.get_running_loop().call_later(1.5, lambda: (paused.update(on=False), orch.submit(ev.PauseEngine(False))))
+            asyncio.get_running_loop().call_later(
+                1.5, lambda: (paused.update(on=False), orch.submit(ev.PauseEngine(False)))
+            )
         elif isinstance(e, ev.TrainFinished) and paused["on"]:
             trained_while_paused.append(e.id)
 

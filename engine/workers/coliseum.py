@@ -35,7 +35,13 @@ class Coliseum:
 
         from engine.models import load_causal_lm
 
-        self.worker, self.device, self.profile, self.results, self.go = worker, device, profile, results, go
+        self.worker, self.device, self.profile, self.results, self.go = (
+            worker,
+            device,
+            profile,
+            results,
+            go,
+        )
         t0 = time.perf_counter()
         base, self.tokenizer = load_causal_lm(profile.student, device)
         self.train_split = load_split(profile, "train", self.tokenizer)
@@ -70,7 +76,9 @@ class Coliseum:
             result = set_peft_model_state_dict(self.model, tensors, adapter_name=name)
             unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
             if unexpected:
-                raise ValueError(f"adapter has tensors for modules the genome does not target: {unexpected[:3]}")
+                raise ValueError(
+                    f"adapter has tensors for modules the genome does not target: {unexpected[:3]}"
+                )
 
     def _read(self, name: str) -> bytes:
         from peft import get_peft_model_state_dict
@@ -105,11 +113,17 @@ class Coliseum:
             self._add(name, task.genome, task.adapter)
             self.model.set_adapter(name)  # only this adapter is trainable and active
             params = [p for p in self.model.parameters() if p.requires_grad]
-            opt = torch.optim.AdamW(params, lr=task.genome["learning_rate"], weight_decay=prof.training.weight_decay)
+            opt = torch.optim.AdamW(
+                params, lr=task.genome["learning_rate"], weight_decay=prof.training.weight_decay
+            )
             loss_fn = get_loss(prof.training.loss)
             gen = torch.Generator().manual_seed(task.genome["seed"])
             torch.manual_seed(task.genome["seed"])  # dropout
-            split, bs, accum = self.train_split, prof.data.batch_size, prof.training.gradient_accumulation
+            split, bs, accum = (
+                self.train_split,
+                prof.data.batch_size,
+                prof.training.gradient_accumulation,
+            )
             every = max(1, task.steps // 10)
             losses: list[float] = []
             tokens = 0
@@ -125,7 +139,9 @@ class Coliseum:
                         "attention_mask": split.attention_mask[idx].to(self.device),
                         "labels": split.labels[idx].to(self.device),
                     }
-                    logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    logits = self.model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits
                     loss, t = loss_fn(logits, batch)
                     (loss / accum).backward()
                     step_loss += float(loss.detach()) / accum
@@ -138,9 +154,19 @@ class Coliseum:
                 opt.zero_grad(set_to_none=True)
                 losses.append(step_loss)
                 if step % every == 0 or step == task.steps:
-                    self.results.put(Progress(self.worker, task.job, task.id, step, task.steps, step_loss, terms))
+                    self.results.put(
+                        Progress(self.worker, task.job, task.id, step, task.steps, step_loss, terms)
+                    )
             self.model.eval()
-            return TrainDone(self.worker, task.job, task.id, self._read(name), losses, tokens, time.perf_counter() - t0)
+            return TrainDone(
+                self.worker,
+                task.job,
+                task.id,
+                self._read(name),
+                losses,
+                tokens,
+                time.perf_counter() - t0,
+            )
         finally:
             self.model.eval()
             self._remove(name)
@@ -187,12 +213,13 @@ class Coliseum:
                 ind_id: (float(sums[i] / counts[i].clamp(min=1)), int(counts[i]))
                 for i, (ind_id, _, _) in enumerate(task.items)
             }
-            return EvalDone(self.worker, task.job, scores, int(counts.sum()), time.perf_counter() - t0)
+            return EvalDone(
+                self.worker, task.job, scores, int(counts.sum()), time.perf_counter() - t0
+            )
         finally:
             for name in names:
                 if name != "__base__":
                     self._remove(name)
-
 
     def export(self, task: ExportTask) -> ExportDone:
         """Save the adapter as a standard PEFT directory (atomically), re-measure its validation loss
@@ -209,7 +236,9 @@ class Coliseum:
         try:
             self._add(name, task.genome, task.adapter)
             self.model.set_adapter(name)
-            loss, _ = validation_loss(self.model, self.val_split, self.profile.data.eval_batch_size, self.device)
+            loss, _ = validation_loss(
+                self.model, self.val_split, self.profile.data.eval_batch_size, self.device
+            )
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save_pretrained(str(tmp), selected_adapters=[name])
             saved = tmp / name if (tmp / name).is_dir() else tmp  # PEFT nests non-default adapters
@@ -218,7 +247,9 @@ class Coliseum:
                 os.replace(out, old)
             os.replace(saved, out)
             shutil.rmtree(old, ignore_errors=True)
-            recipe = write_mergekit_recipe(self.base_path, out, out / "merge.yaml", dtype=self.profile.student.dtype)
+            recipe = write_mergekit_recipe(
+                self.base_path, out, out / "merge.yaml", dtype=self.profile.student.dtype
+            )
             if task.merge:
                 merge_with_mergekit(recipe, out / "merged", cuda=self.device.startswith("cuda"))
             return ExportDone(self.worker, task.job, task.id, str(out), loss)
@@ -228,7 +259,14 @@ class Coliseum:
 
 
 def coliseum_main(
-    worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any, log_path: str | None = None
+    worker: str,
+    device: str,
+    profile: Any,
+    threads: int,
+    tasks: Any,
+    results: Any,
+    go: Any,
+    log_path: str | None = None,
 ) -> None:
     """Entry point of a coliseum process (spawned)."""
     setup_process(threads, log_path)
@@ -236,7 +274,12 @@ def coliseum_main(
     def setup():
         col = Coliseum(worker, device, profile, results, go)
         results.put(
-            Ready(worker, os.getpid(), device, f"student {col.params / 1e6:.2f}M params, loaded in {col.load_seconds:.1f}s")
+            Ready(
+                worker,
+                os.getpid(),
+                device,
+                f"student {col.params / 1e6:.2f}M params, loaded in {col.load_seconds:.1f}s",
+            )
         )
         return col.handle
 

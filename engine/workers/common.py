@@ -39,7 +39,9 @@ def load_split(profile: Any, which: str, tokenizer: Any) -> Any:
     from engine.data import read_examples, tokenize
 
     d = profile.data
-    path, limit = (d.train, d.max_train_examples) if which == "train" else (d.validation, d.max_val_examples)
+    path, limit = (
+        (d.train, d.max_train_examples) if which == "train" else (d.validation, d.max_val_examples)
+    )
     return tokenize(read_examples(path, d.format, limit=limit), tokenizer, d.max_seq_len)
 
 
@@ -75,4 +77,6 @@ def serve(worker: str, tasks: Any, results: Any, setup: Callable[[], Callable[[A
         try:
             results.put(handle(task))
         except BaseException as exc:  # noqa: BLE001 - the job fails, the worker lives on
-            results.put(JobFailed(worker, task.job, describe(exc), "oom" if is_oom(exc) else "error"))
+            results.put(
+                JobFailed(worker, task.job, describe(exc), "oom" if is_oom(exc) else "error")
+            )

@@ -25,7 +25,9 @@ class TrainTask:
 @dataclass(frozen=True)
 class EvalTask:
     job: int
-    items: list[tuple[str, dict[str, Any] | None, bytes | None]]  # (id, genome, adapter); None, None: the bare base
+    items: list[
+        tuple[str, dict[str, Any] | None, bytes | None]
+    ]  # (id, genome, adapter); None, None: the bare base
 
 
 @dataclass(frozen=True)

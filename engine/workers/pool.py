@@ -74,7 +74,12 @@ def auto_threads(profile: Any, device: str, role: str) -> int:
 
 class WorkerPool:
     def __init__(
-        self, profile: Any, publish: Callable[[Event], None], *, with_teacher: bool, log_dir: Path | None = None
+        self,
+        profile: Any,
+        publish: Callable[[Event], None],
+        *,
+        with_teacher: bool,
+        log_dir: Path | None = None,
     ) -> None:
         import torch.multiprocessing as tmp
 
@@ -92,10 +97,20 @@ class WorkerPool:
         self.workers: list[_Worker] = []
         if with_teacher:
             dev = profile.devices.teacher
-            self.workers.append(_Worker("teacher", "teacher", dev, teacher_main, auto_threads(profile, dev, "teacher")))
+            self.workers.append(
+                _Worker(
+                    "teacher", "teacher", dev, teacher_main, auto_threads(profile, dev, "teacher")
+                )
+            )
         for i, dev in enumerate(profile.devices.coliseum):
             self.workers.append(
-                _Worker(f"coliseum-{i}", "coliseum", dev, coliseum_main, auto_threads(profile, dev, "coliseum"))
+                _Worker(
+                    f"coliseum-{i}",
+                    "coliseum",
+                    dev,
+                    coliseum_main,
+                    auto_threads(profile, dev, "coliseum"),
+                )
             )
         self._futures: dict[int, asyncio.Future] = {}
         self._idle: dict[str, asyncio.Queue] = {}
@@ -117,7 +132,9 @@ class WorkerPool:
         """Spawn every worker and wait until each has loaded its model (or one fails to)."""
         self._loop = asyncio.get_running_loop()
         self._idle = {role: asyncio.Queue() for role in self.roles()}
-        self._reader = threading.Thread(target=self._read_results, name="genesis-results", daemon=True)
+        self._reader = threading.Thread(
+            target=self._read_results, name="genesis-results", daemon=True
+        )
         self._reader.start()
         for w in self.workers:
             self._spawn(w)
@@ -131,12 +148,23 @@ class WorkerPool:
         w.ready = self._loop.create_future()
         w.process = self.ctx.Process(
             target=w.target,
-            args=(w.name, w.device, self.profile, w.threads, w.tasks, self.results, self.go, self._log_path(w)),
+            args=(
+                w.name,
+                w.device,
+                self.profile,
+                w.threads,
+                w.tasks,
+                self.results,
+                self.go,
+                self._log_path(w),
+            ),
             name=f"genesis-{w.name}",
             daemon=True,
         )
         w.process.start()
-        self.publish(WorkerState(w.name, w.role, w.device, "starting", w.process.pid, f"{w.threads} threads"))
+        self.publish(
+            WorkerState(w.name, w.role, w.device, "starting", w.process.pid, f"{w.threads} threads")
+        )
 
     def _log_path(self, w: _Worker) -> str | None:
         return str(self.log_dir / f"{w.name}.log") if self.log_dir is not None else None
@@ -200,7 +228,9 @@ class WorkerPool:
             w = self._worker(msg.worker)
             w.gone = True
             self.publish(WorkerState(w.name, w.role, w.device, "dead", None, msg.reason))
-            err = WorkerStartError(f"the {w.name} worker on {w.device} could not start: {msg.reason}")
+            err = WorkerStartError(
+                f"the {w.name} worker on {w.device} could not start: {msg.reason}"
+            )
             if w.ready is not None and not w.ready.done():
                 w.ready.set_exception(err)
             self._check_role(w.role, err)
@@ -227,14 +257,18 @@ class WorkerPool:
 
     def _on_death(self, w: _Worker) -> None:
         code = w.process.exitcode
-        self.publish(WorkerState(w.name, w.role, w.device, "dead", w.process.pid, f"exit code {code}"))
+        self.publish(
+            WorkerState(w.name, w.role, w.device, "dead", w.process.pid, f"exit code {code}")
+        )
         if w.job is not None:
             fut = self._futures.pop(w.job, None)
             if fut is not None and not fut.done():
                 fut.set_exception(WorkerDied(f"{w.name} exited with code {code}"))
             w.job = None
         if w.ready is not None and not w.ready.done():
-            w.ready.set_exception(WorkerStartError(f"the {w.name} worker exited with code {code} while starting"))
+            w.ready.set_exception(
+                WorkerStartError(f"the {w.name} worker exited with code {code} while starting")
+            )
             w.gone = True
         elif w.restarts < MAX_RESTARTS:
             w.restarts += 1
@@ -242,7 +276,10 @@ class WorkerPool:
             return
         else:
             w.gone = True
-        self._check_role(w.role, WorkerStartError(f"every {w.role} worker is gone (last: {w.name}, exit code {code})"))
+        self._check_role(
+            w.role,
+            WorkerStartError(f"every {w.role} worker is gone (last: {w.name}, exit code {code})"),
+        )
 
     def _check_role(self, role: str, err: Exception) -> None:
         if self.count(role) == 0:
@@ -252,7 +289,10 @@ class WorkerPool:
     # --- jobs -----------------------------------------------------------------------------------
 
     async def run(
-        self, role: str, make_task: Callable[[int], Any], still_wanted: Callable[[], bool] = lambda: True
+        self,
+        role: str,
+        make_task: Callable[[int], Any],
+        still_wanted: Callable[[], bool] = lambda: True,
     ) -> Any:
         """Run one job on a free worker of ``role``; a job lost to a dead worker is retried elsewhere.
 

@@ -30,20 +30,36 @@ class Teacher:
             from engine.losses import validation_loss
 
             t0 = time.perf_counter()
-            loss, tokens = validation_loss(self.model, self.val_split, self.profile.data.eval_batch_size, self.device)
+            loss, tokens = validation_loss(
+                self.model, self.val_split, self.profile.data.eval_batch_size, self.device
+            )
             return TeacherDone(self.worker, task.job, loss, tokens, time.perf_counter() - t0)
         raise TypeError(f"teacher cannot handle {type(task).__name__}")
 
 
 def teacher_main(
-    worker: str, device: str, profile: Any, threads: int, tasks: Any, results: Any, go: Any, log_path: str | None = None
+    worker: str,
+    device: str,
+    profile: Any,
+    threads: int,
+    tasks: Any,
+    results: Any,
+    go: Any,
+    log_path: str | None = None,
 ) -> None:
     """Entry point of the teacher process (spawned)."""
     setup_process(threads, log_path)
 
     def setup():
         t = Teacher(worker, device, profile)
-        results.put(Ready(worker, os.getpid(), device, f"teacher {t.params / 1e6:.2f}M params, loaded in {t.load_seconds:.1f}s"))
+        results.put(
+            Ready(
+                worker,
+                os.getpid(),
+                device,
+                f"teacher {t.params / 1e6:.2f}M params, loaded in {t.load_seconds:.1f}s",
+            )
+        )
         return t.handle
 
     serve(worker, tasks, results, setup)
