@@ -305,7 +305,7 @@ class Orchestrator:
                 evo.crossover_rate,
             )
         for ind in self.population:
-            if ind not in elites and ind not in waiting:
+            if ind not in elites and ind not in waiting and ind.status != "failed":
                 ind.status = "culled"
                 ind.reason = "not selected"
                 self._update(ind)
