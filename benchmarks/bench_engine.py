@@ -117,7 +117,7 @@ def bare_loop(profile_path: Path, genomes: list[dict]) -> tuple[float, float]:
             ids, mask, labels = (
                 t[start : start + n] for t in (val.input_ids, val.attention_mask, val.labels)
             )
-            group = max(1, 256 // ids.size(0))
+            group = max(1, d.eval_rows_per_pass // ids.size(0))
             for g0 in range(0, len(trained), group):
                 chunk = trained[g0 : g0 + group]
                 logits = model(

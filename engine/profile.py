@@ -119,11 +119,18 @@ class RunConfig(BaseModel):
     model_config = _CONFIG
 
     name: str = Field(
-        ..., pattern=NAME_PATTERN,
+        ...,
+        pattern=NAME_PATTERN,
         description="the run's name; its run directory is <output_dir>/<name>-<date>-<time>",
     )
-    seed: int = Field(0, ge=0, description="seed of every random choice; the same profile and seed give the same run")
-    output_dir: Path = Field(Path("runs"), description="directory under which run directories are created")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="seed of every random choice; the same profile and seed give the same run",
+    )
+    output_dir: Path = Field(
+        Path("runs"), description="directory under which run directories are created"
+    )
 
     @field_validator("output_dir", mode="before")
     @classmethod
@@ -137,15 +144,26 @@ class ModelSpec(BaseModel):
     model_config = _CONFIG
 
     model: str = Field(
-        ..., min_length=1,
-        description="a local model directory or a Hugging Face hub id such as \"BioMistral/BioMistral-7B\"",
+        ...,
+        min_length=1,
+        description='a local model directory or a Hugging Face hub id such as "BioMistral/BioMistral-7B"',
     )
-    revision: str | None = Field(None, description="hub branch, tag or commit to load (unset: the default branch)")
+    revision: str | None = Field(
+        None, description="hub branch, tag or commit to load (unset: the default branch)"
+    )
     dtype: Dtype = Field("float32", description="dtype the weights are loaded in")
-    load_in_4bit: bool = Field(False, description="load the weights 4-bit quantized with bitsandbytes (cpu or cuda only)")
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit quantization type, when load_in_4bit = true")
-    compute_dtype: Dtype = Field("bfloat16", description="dtype of the computations of a 4-bit model")
-    trust_remote_code: bool = Field(False, description="allow Python code shipped with a hub model to run")
+    load_in_4bit: bool = Field(
+        False, description="load the weights 4-bit quantized with bitsandbytes (cpu or cuda only)"
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit quantization type, when load_in_4bit = true"
+    )
+    compute_dtype: Dtype = Field(
+        "bfloat16", description="dtype of the computations of a 4-bit model"
+    )
+    trust_remote_code: bool = Field(
+        False, description="allow Python code shipped with a hub model to run"
+    )
 
     @field_validator("model", mode="before")
     @classmethod
@@ -158,19 +176,23 @@ class ModelSpec(BaseModel):
         if not HUB_ID_RE.match(v):
             raise _Problem(
                 "is neither an existing local directory nor a Hugging Face hub id (owner/name, e.g. "
-                "\"BioMistral/BioMistral-7B\"); local directories are written as paths starting with "
+                '"BioMistral/BioMistral-7B"); local directories are written as paths starting with '
                 "'.', '/' or '~'"
             )
         return v
 
     @model_validator(mode="after")
     def _exists(self) -> ModelSpec:
-        if getattr(self, "enabled", True) and self.model.startswith("/") and not Path(self.model).is_dir():
+        if (
+            getattr(self, "enabled", True)
+            and self.model.startswith("/")
+            and not Path(self.model).is_dir()
+        ):
             what = "is a file, not a model directory" if Path(self.model).exists() else "is missing"
             raise _Problem(
                 f"the local model directory {self.model} {what} — a model written as a path "
                 "(starting with '.', '/' or '~') must be an existing directory; otherwise give a "
-                "Hugging Face hub id such as \"BioMistral/BioMistral-7B\"",
+                'Hugging Face hub id such as "BioMistral/BioMistral-7B"',
                 key="model",
             )
         return self
@@ -188,15 +210,34 @@ class DataConfig(BaseModel):
     model_config = _CONFIG
 
     format: Literal["text", "alpaca", "mistral-inst"] = Field(
-        ..., description="how the files are read: text (one example a line), alpaca or mistral-inst (JSONL)"
+        ...,
+        description="how the files are read: text (one example a line), alpaca or mistral-inst (JSONL)",
     )
     train: Path = Field(..., description="training data file")
     validation: Path = Field(..., description="held-out data file every individual is scored on")
-    max_seq_len: int = Field(128, ge=8, le=32768, description="examples are truncated to this many tokens")
+    max_seq_len: int = Field(
+        128, ge=8, le=32768, description="examples are truncated to this many tokens"
+    )
     batch_size: int = Field(8, ge=1, le=4096, description="training micro-batch, in sequences")
-    eval_batch_size: int = Field(16, ge=1, le=4096, description="sequences per individual per evaluation forward pass")
-    max_train_examples: int | None = Field(None, ge=1, description="use at most this many training examples (unset: all)")
-    max_val_examples: int | None = Field(None, ge=1, description="use at most this many validation examples (unset: all)")
+    eval_batch_size: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="validation sequences per individual per evaluation forward pass",
+    )
+    eval_rows_per_pass: int = Field(
+        64,
+        ge=1,
+        le=65536,
+        description="rows of one mixed-adapter evaluation pass: several individuals share a pass "
+        "(rows ÷ eval_batch_size of them); a GPU wants hundreds, a CPU about 16",
+    )
+    max_train_examples: int | None = Field(
+        None, ge=1, description="use at most this many training examples (unset: all)"
+    )
+    max_val_examples: int | None = Field(
+        None, ge=1, description="use at most this many validation examples (unset: all)"
+    )
 
     @field_validator("train", "validation", mode="before")
     @classmethod
@@ -204,7 +245,9 @@ class DataConfig(BaseModel):
         path = _resolve(v, info)
         if isinstance(path, Path) and not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "is missing"
-            raise _Problem(f"the data file {path} {what} (relative paths are resolved from the profile's directory)")
+            raise _Problem(
+                f"the data file {path} {what} (relative paths are resolved from the profile's directory)"
+            )
         return path
 
 
@@ -215,19 +258,29 @@ class PopulationConfig(BaseModel):
 
     size: int = Field(8, ge=2, le=4096, description="individuals (LoRA adapters) per generation")
     ranks: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        [4, 8, 16], min_length=1, description="LoRA ranks an individual may have (each 1..4096, no duplicates)"
+        [4, 8, 16],
+        min_length=1,
+        description="LoRA ranks an individual may have (each 1..4096, no duplicates)",
     )
     alpha_rule: Literal["ratio", "fixed"] = Field(
-        "ratio", description="ratio: alpha = alpha_ratio × rank; fixed: alpha = alpha for every rank"
+        "ratio",
+        description="ratio: alpha = alpha_ratio × rank; fixed: alpha = alpha for every rank",
     )
-    alpha_ratio: float = Field(2.0, gt=0, description="LoRA alpha per unit of rank, when alpha_rule = \"ratio\"")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha of every individual, when alpha_rule = \"fixed\"")
+    alpha_ratio: float = Field(
+        2.0, gt=0, description='LoRA alpha per unit of rank, when alpha_rule = "ratio"'
+    )
+    alpha: float = Field(
+        16.0, gt=0, description='LoRA alpha of every individual, when alpha_rule = "fixed"'
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     target_modules: list[Annotated[str, Field(min_length=1)]] = Field(
-        ["q_proj", "v_proj"], min_length=1, description="names of the student's modules that get LoRA adapters"
+        ["q_proj", "v_proj"],
+        min_length=1,
+        description="names of the student's modules that get LoRA adapters",
     )
     learning_rate_spread: float = Field(
-        1.0, ge=1,
+        1.0,
+        ge=1,
         description="an individual's learning rate is drawn log-uniformly in [lr/spread, lr×spread] around [training] learning_rate",
     )
 
@@ -236,7 +289,9 @@ class PopulationConfig(BaseModel):
     def _ranks(cls, v: list[int]) -> list[int]:
         dupes = sorted({r for r in v if v.count(r) > 1})
         if dupes:
-            raise _Problem(f"lists {', '.join(map(str, dupes))} more than once — each rank may appear only once")
+            raise _Problem(
+                f"lists {', '.join(map(str, dupes))} more than once — each rank may appear only once"
+            )
         return sorted(v)
 
     @field_validator("target_modules")
@@ -244,7 +299,9 @@ class PopulationConfig(BaseModel):
     def _targets(cls, v: list[str]) -> list[str]:
         dupes = sorted({m for m in v if v.count(m) > 1})
         if dupes:
-            raise _Problem(f"lists {', '.join(repr(m) for m in dupes)} more than once — each module may appear only once")
+            raise _Problem(
+                f"lists {', '.join(repr(m) for m in dupes)} more than once — each module may appear only once"
+            )
         return v
 
 
@@ -253,20 +310,38 @@ class EvolutionConfig(BaseModel):
 
     model_config = _CONFIG
 
-    generations: int = Field(4, ge=1, le=100000, description="generations to run (generation 0 is the random start)")
-    elitism: int = Field(2, ge=0, description="best individuals carried over unchanged; less than [population] size")
-    tournament_size: int = Field(3, ge=1, description="individuals per selection tournament; at most [population] size")
+    generations: int = Field(
+        4, ge=1, le=100000, description="generations to run (generation 0 is the random start)"
+    )
+    elitism: int = Field(
+        2, ge=0, description="best individuals carried over unchanged; less than [population] size"
+    )
+    tournament_size: int = Field(
+        3, ge=1, description="individuals per selection tournament; at most [population] size"
+    )
     crossover: Literal["linear", "slerp", "ties", "dare"] = Field(
         "slerp", description="how two parents' adapters are merged into a child"
     )
     crossover_rate: float = Field(
-        0.9, ge=0, le=1, description="probability a child comes from two parents rather than a copy of one"
+        0.9,
+        ge=0,
+        le=1,
+        description="probability a child comes from two parents rather than a copy of one",
     )
-    density: float = Field(0.5, gt=0, le=1, description="fraction of each tensor kept by ties and dare crossover")
-    mutation_rate: float = Field(0.1, ge=0, le=1, description="probability that each tensor of a child gets noise")
-    mutation_scale: float = Field(0.05, ge=0, description="noise std, relative to each tensor's own RMS")
+    density: float = Field(
+        0.5, gt=0, le=1, description="fraction of each tensor kept by ties and dare crossover"
+    )
+    mutation_rate: float = Field(
+        0.1, ge=0, le=1, description="probability that each tensor of a child gets noise"
+    )
+    mutation_scale: float = Field(
+        0.05, ge=0, description="noise std, relative to each tensor's own RMS"
+    )
     rank_mutation_rate: float = Field(
-        0.1, ge=0, le=1, description="probability a child's rank moves to a neighbouring value of [population] ranks"
+        0.1,
+        ge=0,
+        le=1,
+        description="probability a child's rank moves to a neighbouring value of [population] ranks",
     )
 
 
@@ -275,12 +350,26 @@ class TrainingConfig(BaseModel):
 
     model_config = _CONFIG
 
-    steps_per_generation: int = Field(20, ge=1, le=10_000_000, description="optimizer steps each new individual trains per generation")
-    learning_rate: float = Field(1e-3, gt=0, le=1, description="AdamW learning rate (the centre of [population] learning_rate_spread)")
-    gradient_accumulation: int = Field(1, ge=1, le=4096, description="micro-batches accumulated per optimizer step")
+    steps_per_generation: int = Field(
+        20,
+        ge=1,
+        le=10_000_000,
+        description="optimizer steps each new individual trains per generation",
+    )
+    learning_rate: float = Field(
+        1e-3,
+        gt=0,
+        le=1,
+        description="AdamW learning rate (the centre of [population] learning_rate_spread)",
+    )
+    gradient_accumulation: int = Field(
+        1, ge=1, le=4096, description="micro-batches accumulated per optimizer step"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = off)")
-    loss: Literal["ce"] = Field("ce", description="training loss: ce = cross-entropy on the response tokens")
+    loss: Literal["ce"] = Field(
+        "ce", description="training loss: ce = cross-entropy on the response tokens"
+    )
 
 
 class DevicesConfig(BaseModel):
@@ -288,18 +377,26 @@ class DevicesConfig(BaseModel):
 
     model_config = _CONFIG
 
-    executor: Literal["local"] = Field("local", description="where workers run: local = processes on this machine")
+    executor: Literal["local"] = Field(
+        "local", description="where workers run: local = processes on this machine"
+    )
     teacher: str = Field("cpu", description="device of the teacher: cpu, cuda, cuda:N or mps")
     coliseum: list[str] = Field(
-        ["cpu"], min_length=1, description="devices of the student workers, one worker process per entry"
+        ["cpu"],
+        min_length=1,
+        description="devices of the student workers, one worker process per entry",
     )
-    threads_per_worker: int = Field(0, ge=0, le=256, description="CPU threads per worker (0 = auto: the cores shared out)")
+    threads_per_worker: int = Field(
+        0, ge=0, le=256, description="CPU threads per worker (0 = auto: the cores shared out)"
+    )
 
     @field_validator("teacher")
     @classmethod
     def _teacher(cls, v: str) -> str:
         if not DEVICE_RE.match(v):
-            raise _Problem("is not a device name — expected \"cpu\", \"cuda\", \"cuda:N\" (N = 0, 1, …) or \"mps\"")
+            raise _Problem(
+                'is not a device name — expected "cpu", "cuda", "cuda:N" (N = 0, 1, …) or "mps"'
+            )
         return v
 
     @field_validator("coliseum")
@@ -308,7 +405,7 @@ class DevicesConfig(BaseModel):
         bad = [d for d in v if not DEVICE_RE.match(d)]
         if bad:
             raise _Problem(
-                f"{_fmt(bad[0])} is not a device name — expected \"cpu\", \"cuda\", \"cuda:N\" (N = 0, 1, …) or \"mps\""
+                f'{_fmt(bad[0])} is not a device name — expected "cpu", "cuda", "cuda:N" (N = 0, 1, …) or "mps"'
             )
         return v
 
@@ -334,10 +431,18 @@ class Profile(BaseModel):
     student: ModelSpec = Field(..., description=_SECTION_DOC["student"])
     teacher: TeacherSpec | None = Field(None, description=_SECTION_DOC["teacher"])
     data: DataConfig = Field(..., description=_SECTION_DOC["data"])
-    population: PopulationConfig = Field(default_factory=PopulationConfig, description=_SECTION_DOC["population"])
-    evolution: EvolutionConfig = Field(default_factory=EvolutionConfig, description=_SECTION_DOC["evolution"])
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description=_SECTION_DOC["training"])
-    devices: DevicesConfig = Field(default_factory=DevicesConfig, description=_SECTION_DOC["devices"])
+    population: PopulationConfig = Field(
+        default_factory=PopulationConfig, description=_SECTION_DOC["population"]
+    )
+    evolution: EvolutionConfig = Field(
+        default_factory=EvolutionConfig, description=_SECTION_DOC["evolution"]
+    )
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description=_SECTION_DOC["training"]
+    )
+    devices: DevicesConfig = Field(
+        default_factory=DevicesConfig, description=_SECTION_DOC["devices"]
+    )
     source: Path = Field(Path("profile.toml"), description="the profile file (not a TOML key)")
 
     @model_validator(mode="after")
@@ -345,31 +450,43 @@ class Profile(BaseModel):
         problems: list[_Problem] = []
         size, evo = self.population.size, self.evolution
         if evo.elitism >= size:
-            problems.append(_Problem(
-                f"must be less than [population] size ({size}) — elitism keeps the best individuals unchanged, "
-                "so at least one place must be left for children",
-                section="evolution", key="elitism",
-            ))
+            problems.append(
+                _Problem(
+                    f"must be less than [population] size ({size}) — elitism keeps the best individuals unchanged, "
+                    "so at least one place must be left for children",
+                    section="evolution",
+                    key="elitism",
+                )
+            )
         if evo.tournament_size > size:
-            problems.append(_Problem(
-                f"must be at most [population] size ({size}) — a tournament draws its contestants from the population",
-                section="evolution", key="tournament_size",
-            ))
+            problems.append(
+                _Problem(
+                    f"must be at most [population] size ({size}) — a tournament draws its contestants from the population",
+                    section="evolution",
+                    key="tournament_size",
+                )
+            )
         mps_students = [d for d in self.devices.coliseum if d == "mps"]
         if self.student.load_in_4bit and mps_students:
-            problems.append(_Problem(
-                f"4-bit loading uses bitsandbytes, which serves cpu and cuda devices but not Apple \"mps\", and "
-                f"[devices] coliseum = {_fmt(self.devices.coliseum)} puts the student on mps — set load_in_4bit = false "
-                "or run the coliseum on cpu or cuda",
-                section="student", key="load_in_4bit",
-            ))
+            problems.append(
+                _Problem(
+                    f'4-bit loading uses bitsandbytes, which serves cpu and cuda devices but not Apple "mps", and '
+                    f"[devices] coliseum = {_fmt(self.devices.coliseum)} puts the student on mps — set load_in_4bit = false "
+                    "or run the coliseum on cpu or cuda",
+                    section="student",
+                    key="load_in_4bit",
+                )
+            )
         t = self.teacher
         if t is not None and t.enabled and t.load_in_4bit and self.devices.teacher == "mps":
-            problems.append(_Problem(
-                "4-bit loading uses bitsandbytes, which serves cpu and cuda devices but not Apple \"mps\", and "
-                "[devices] teacher = \"mps\" — set load_in_4bit = false or put the teacher on cpu or cuda",
-                section="teacher", key="load_in_4bit",
-            ))
+            problems.append(
+                _Problem(
+                    '4-bit loading uses bitsandbytes, which serves cpu and cuda devices but not Apple "mps", and '
+                    '[devices] teacher = "mps" — set load_in_4bit = false or put the teacher on cpu or cuda',
+                    section="teacher",
+                    key="load_in_4bit",
+                )
+            )
         if problems:
             raise _Problems(problems)
         return self
@@ -410,7 +527,15 @@ _SECTIONS: dict[str, type[BaseModel]] = {
 # TOML writing
 # ---------------------------------------------------------------------------------------------------
 
-_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r"}
+_ESCAPES = {
+    '"': '\\"',
+    "\\": "\\\\",
+    "\b": "\\b",
+    "\t": "\\t",
+    "\n": "\\n",
+    "\f": "\\f",
+    "\r": "\\r",
+}
 
 
 def _toml_str(s: str) -> str:
@@ -482,13 +607,17 @@ def load_profile(path: str | Path) -> Profile:
             found = sorted(p.name for p in path.parent.glob("*.toml"))
             if found:
                 hint = f" (profiles in {_display(path.parent)}: {', '.join(found)})"
-        raise ProfileError(f"{shown}: no such profile file{hint}; `genesis-tui --help-profile` describes the format.")
+        raise ProfileError(
+            f"{shown}: no such profile file{hint}; `genesis-tui --help-profile` describes the format."
+        )
     if path.is_dir():
         raise ProfileError(f"{shown}: is a directory, not a profile file (give a .toml file).")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise ProfileError(f"{shown}: not UTF-8 text (byte {exc.start}): a profile is a UTF-8 TOML file.") from None
+        raise ProfileError(
+            f"{shown}: not UTF-8 text (byte {exc.start}): a profile is a UTF-8 TOML file."
+        ) from None
     except OSError as exc:
         raise ProfileError(f"{shown}: cannot be read ({exc.strerror or exc}).") from None
     return parse_profile(text, source=path)
@@ -554,7 +683,9 @@ def _toml_syntax_message(exc: Exception, text: str, shown: str) -> str:
             tail = f" (the line reads: {lines[line - 1].strip()[:80]})"
         declared = re.match(r"^cannot declare \((.*)\) twice$", reason)
         if declared:
-            name = ".".join(part.strip().strip("'\"") for part in declared.group(1).split(",") if part.strip())
+            name = ".".join(
+                part.strip().strip("'\"") for part in declared.group(1).split(",") if part.strip()
+            )
             reason = f"the section [{name}] appears twice (merge the two into one)"
         elif reason.startswith("cannot overwrite a value"):
             reason = "this key is set twice (a TOML key may be given only once per section)"
@@ -596,7 +727,9 @@ class _Locator:
             return self.section(key)
         plain = re.compile(rf"^\s*{self._key_re(key)}\s*=")
         dotted = re.compile(rf"^\s*{self._key_re(section)}\s*\.\s*{self._key_re(key)}\s*=")
-        inline = re.compile(rf"^\s*{self._key_re(section)}\s*=\s*\{{.*[{{,]\s*{self._key_re(key)}\s*=")
+        inline = re.compile(
+            rf"^\s*{self._key_re(section)}\s*=\s*\{{.*[{{,]\s*{self._key_re(key)}\s*="
+        )
         current = ""
         for n, line in enumerate(self.lines, 1):
             m = self._HEADER.match(line)
@@ -647,9 +780,13 @@ def _type_words(ann: Any) -> str:
         )
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return "a table (a [section])"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string", Path: "a path string"}.get(
-        ann, str(ann)
-    )
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Path: "a path string",
+    }.get(ann, str(ann))
 
 
 def _is_number(text: str, expected: str) -> bool:
@@ -689,8 +826,20 @@ def _range_words(ann: Any, meta: list[Any]) -> str:
         for attr in ("ge", "gt", "le", "lt", "min_length"):
             if getattr(m, attr, None) is not None:
                 c[attr] = getattr(m, attr)
-    lo = f"at least {_num(c['ge'])}" if "ge" in c else f"greater than {_num(c['gt'])}" if "gt" in c else ""
-    hi = f"at most {_num(c['le'])}" if "le" in c else f"less than {_num(c['lt'])}" if "lt" in c else ""
+    lo = (
+        f"at least {_num(c['ge'])}"
+        if "ge" in c
+        else f"greater than {_num(c['gt'])}"
+        if "gt" in c
+        else ""
+    )
+    hi = (
+        f"at most {_num(c['le'])}"
+        if "le" in c
+        else f"less than {_num(c['lt'])}"
+        if "lt" in c
+        else ""
+    )
     if "ge" in c and "le" in c:
         return f"{_num(c['ge'])} to {_num(c['le'])}"
     return " and ".join(p for p in (lo, hi) if p)
@@ -714,7 +863,15 @@ def _lookup(raw: dict, section: str | None, key: str | None) -> tuple[bool, Any]
     return True, node
 
 
-def _where(shown: str, line: int | None, section: str | None, key: str | None, raw: dict, *, show_value: bool = True) -> str:
+def _where(
+    shown: str,
+    line: int | None,
+    section: str | None,
+    key: str | None,
+    raw: dict,
+    *,
+    show_value: bool = True,
+) -> str:
     parts = [shown]
     if line is not None:
         parts.append(f"line {line}")
@@ -729,24 +886,32 @@ def _where(shown: str, line: int | None, section: str | None, key: str | None, r
     return ", ".join(parts)
 
 
-def _unknown_top(shown: str, loc: _Locator, name: str, value: Any, order: int) -> tuple[int | None, int, str]:
+def _unknown_top(
+    shown: str, loc: _Locator, name: str, value: Any, order: int
+) -> tuple[int | None, int, str]:
     line = loc.section(name)
     valid = list(_SECTIONS)
     if isinstance(value, dict):
         guess = difflib.get_close_matches(name, valid, n=1, cutoff=0.6)
         hint = f"did you mean [{guess[0]}]? " if guess else ""
-        text = (f"{shown}{f', line {line}' if line else ''}: unknown section [{name}] — {hint}"
-                f"{'T' if hint else 't'}he sections are {', '.join(f'[{s}]' for s in valid)}.")
+        text = (
+            f"{shown}{f', line {line}' if line else ''}: unknown section [{name}] — {hint}"
+            f"{'T' if hint else 't'}he sections are {', '.join(f'[{s}]' for s in valid)}."
+        )
     else:
         homes = [s for s, m in _SECTIONS.items() if name in m.model_fields]
         hint = f"did you mean [{homes[0]}] {name}? " if homes else ""
-        text = (f"{shown}{f', line {line}' if line else ''}, {name} = {_fmt(value)}: a key outside any section — "
-                f"{hint}every key belongs under a section header such as [run] "
-                f"(the sections are {', '.join(f'[{s}]' for s in valid)}).")
+        text = (
+            f"{shown}{f', line {line}' if line else ''}, {name} = {_fmt(value)}: a key outside any section — "
+            f"{hint}every key belongs under a section header such as [run] "
+            f"(the sections are {', '.join(f'[{s}]' for s in valid)})."
+        )
     return line, order, text
 
 
-def _convert(err: dict, raw: dict, shown: str, loc: _Locator, order: int) -> list[tuple[int | None, int, str]]:
+def _convert(
+    err: dict, raw: dict, shown: str, loc: _Locator, order: int
+) -> list[tuple[int | None, int, str]]:
     path = [p for p in err["loc"]]
     etype = err["type"]
     ctx = err.get("ctx") or {}
@@ -755,8 +920,16 @@ def _convert(err: dict, raw: dict, shown: str, loc: _Locator, order: int) -> lis
     if isinstance(exc, _Problems):
         out = []
         for i, p in enumerate(exc.problems):
-            line = loc.key(p.section, p.key) if p.key else loc.section(p.section) if p.section else None
-            out.append((line, order + i, f"{_where(shown, line, p.section, p.key, raw)}: {p.message}."))
+            line = (
+                loc.key(p.section, p.key)
+                if p.key
+                else loc.section(p.section)
+                if p.section
+                else None
+            )
+            out.append(
+                (line, order + i, f"{_where(shown, line, p.section, p.key, raw)}: {p.message}.")
+            )
         return out
 
     if isinstance(exc, _Problem) and path:  # a validator's own sentence, located by the validator
@@ -771,12 +944,28 @@ def _convert(err: dict, raw: dict, shown: str, loc: _Locator, order: int) -> lis
         if etype == "extra_forbidden":
             return [_unknown_top(shown, loc, name, err.get("input"), order)]
         if etype == "missing":
-            example = {"run": 'name = "my-run"', "student": 'model = "…"', "data": 'format = "text", train = "…", validation = "…"'}
-            return [(None, order, f"{shown}: missing required section [{name}] — {_SECTION_DOC[name]}; it needs at least {example.get(name, '…')} "
-                                  "(`genesis-tui --help-profile` lists every field).")]
+            example = {
+                "run": 'name = "my-run"',
+                "student": 'model = "…"',
+                "data": 'format = "text", train = "…", validation = "…"',
+            }
+            return [
+                (
+                    None,
+                    order,
+                    f"{shown}: missing required section [{name}] — {_SECTION_DOC[name]}; it needs at least {example.get(name, '…')} "
+                    "(`genesis-tui --help-profile` lists every field).",
+                )
+            ]
         line = loc.section(name)
-        return [(line, order, f"{_where(shown, line, None, None, raw)}, {name} = {_fmt(err.get('input'))}: [{name}] must be a section "
-                              f"(a table written as a [{name}] header followed by key = value lines), got {_got(err.get('input'))}.")]
+        return [
+            (
+                line,
+                order,
+                f"{_where(shown, line, None, None, raw)}, {name} = {_fmt(err.get('input'))}: [{name}] must be a section "
+                f"(a table written as a [{name}] header followed by key = value lines), got {_got(err.get('input'))}.",
+            )
+        ]
 
     section = str(path[0])
     key = str(path[1]) if len(path) > 1 else None
@@ -794,9 +983,15 @@ def _convert(err: dict, raw: dict, shown: str, loc: _Locator, order: int) -> lis
             dev = dev if isinstance(dev, dict) else {}
             t = dev.get("teacher", DevicesConfig.model_fields["teacher"].default)
             c = dev.get("coliseum", DevicesConfig.model_fields["coliseum"].default)
-            return [(line, order, f"{where}: unknown key — device placement is set in [devices] (teacher = {_fmt(t)}, "
-                                  f"coliseum = {_fmt(c)}): the teacher runs on [devices] teacher and every [devices] "
-                                  "coliseum entry runs one student worker; move the device there.")]
+            return [
+                (
+                    line,
+                    order,
+                    f"{where}: unknown key — device placement is set in [devices] (teacher = {_fmt(t)}, "
+                    f"coliseum = {_fmt(c)}): the teacher runs on [devices] teacher and every [devices] "
+                    "coliseum entry runs one student worker; move the device there.",
+                )
+            ]
         homes = [s for s, m in _SECTIONS.items() if key in m.model_fields and s != section]
         guess = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
         if key in _SECTIONS:
@@ -807,14 +1002,26 @@ def _convert(err: dict, raw: dict, shown: str, loc: _Locator, order: int) -> lis
             hint = f"did you mean '{guess[0]}'? "
         else:
             hint = ""
-        return [(line, order, f"{where}: unknown key in [{section}] — {hint}{'T' if hint else 't'}he keys of [{section}] "
-                              f"are {', '.join(valid)}.")]
+        return [
+            (
+                line,
+                order,
+                f"{where}: unknown key in [{section}] — {hint}{'T' if hint else 't'}he keys of [{section}] "
+                f"are {', '.join(valid)}.",
+            )
+        ]
 
     if etype == "missing":
         line = loc.section(section)
         desc = fi.description if fi else ""
-        return [(line, order, f"{_where(shown, line, section, None, raw)}: missing required key '{key}' — {desc} "
-                              f"(expected {_type_words(fi.annotation) if fi else 'a value'}).")]
+        return [
+            (
+                line,
+                order,
+                f"{_where(shown, line, section, None, raw)}: missing required key '{key}' — {desc} "
+                f"(expected {_type_words(fi.annotation) if fi else 'a value'}).",
+            )
+        ]
 
     if fi is None:  # e.g. a section given as something else than a table
         return [(line, order, f"{where}: {err.get('msg', 'invalid value')}.")]
@@ -829,28 +1036,75 @@ def _convert(err: dict, raw: dict, shown: str, loc: _Locator, order: int) -> lis
     value = err.get("input")
 
     if etype in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        bound = ctx.get({"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt", "less_than_equal": "le"}[etype])
-        verb = {"greater_than": "greater than", "greater_than_equal": "at least", "less_than": "less than", "less_than_equal": "at most"}[etype]
+        bound = ctx.get(
+            {
+                "greater_than": "gt",
+                "greater_than_equal": "ge",
+                "less_than": "lt",
+                "less_than_equal": "le",
+            }[etype]
+        )
+        verb = {
+            "greater_than": "greater than",
+            "greater_than_equal": "at least",
+            "less_than": "less than",
+            "less_than_equal": "at most",
+        }[etype]
         allowed = _range_words(base, meta)
-        return [(line, order, f"{where}: {item}must be {verb} {_num(bound)} (allowed: {allowed}) — {fi.description}.")]
+        return [
+            (
+                line,
+                order,
+                f"{where}: {item}must be {verb} {_num(bound)} (allowed: {allowed}) — {fi.description}.",
+            )
+        ]
     if etype == "literal_error":
         choices = ", ".join(_fmt(a) for a in typing.get_args(_unannotate(target_ann)[0]))
         extra = ""
         if isinstance(value, str):
-            guess = difflib.get_close_matches(value, [str(a) for a in typing.get_args(_unannotate(target_ann)[0])], n=1, cutoff=0.6)
+            guess = difflib.get_close_matches(
+                value,
+                [str(a) for a in typing.get_args(_unannotate(target_ann)[0])],
+                n=1,
+                cutoff=0.6,
+            )
             extra = f"did you mean {_fmt(guess[0])}? " if guess else ""
-        return [(line, order, f"{where}: {item}is not one of the allowed values — {extra}choose one of {choices} ({fi.description}).")]
+        return [
+            (
+                line,
+                order,
+                f"{where}: {item}is not one of the allowed values — {extra}choose one of {choices} ({fi.description}).",
+            )
+        ]
     if etype == "too_short":
         return [(line, order, f"{where}: {item}must not be empty — {fi.description}.")]
     if etype == "string_pattern_mismatch":
-        return [(line, order, f"{where}: {item}may contain only letters, digits, '_', '.' and '-', and must start with a "
-                              "letter or digit (it names the run directory).")]
-    if etype.endswith("_type") or etype in ("is_instance_of", "int_from_float", "model_attributes_type"):
+        return [
+            (
+                line,
+                order,
+                f"{where}: {item}may contain only letters, digits, '_', '.' and '-', and must start with a "
+                "letter or digit (it names the run directory).",
+            )
+        ]
+    if etype.endswith("_type") or etype in (
+        "is_instance_of",
+        "int_from_float",
+        "model_attributes_type",
+    ):
         expected = _type_words(target_ann)
         hint = ""
-        if isinstance(value, str) and expected in ("an integer", "a number") and _is_number(value, expected):
+        if (
+            isinstance(value, str)
+            and expected in ("an integer", "a number")
+            and _is_number(value, expected)
+        ):
             hint = f" (write it without quotes: {key} = {value.strip()})"
-        elif isinstance(value, str) and expected == "true or false" and value.strip().lower() in ("true", "false"):
+        elif (
+            isinstance(value, str)
+            and expected == "true or false"
+            and value.strip().lower() in ("true", "false")
+        ):
             hint = f" (write it without quotes: {key} = {value.strip().lower()})"
         elif isinstance(value, str) and expected.startswith("a list"):
             hint = f" (write a list in brackets, e.g. {key} = [{_fmt(value)}])"

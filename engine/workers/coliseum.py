@@ -25,7 +25,6 @@ from engine.workers.messages import (
 )
 
 HOST_ADAPTER = "_host"  # PEFT needs one adapter to build the PeftModel; it is never active
-MAX_ROWS_PER_FORWARD = 256  # bounds the logits tensor of a mixed-adapter evaluation forward
 
 
 class Coliseum:
@@ -190,7 +189,7 @@ class Coliseum:
             split, n = self.val_split, self.profile.data.eval_batch_size
             sums = torch.zeros(len(names), dtype=torch.float64)
             counts = torch.zeros(len(names), dtype=torch.int64)
-            group = max(1, MAX_ROWS_PER_FORWARD // n)
+            group = max(1, self.profile.data.eval_rows_per_pass // n)  # adapters sharing one pass
             with torch.no_grad():
                 for start in range(0, len(split), n):
                     self.go.wait()
