@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import pytest
@@ -152,22 +153,27 @@ def test_shipped_checkpoints_sizes_and_tokenizer(shipped):
         )
 
 
-def test_teacher_beats_student_on_domain_validation(shipped):
+def _loss(model, tok, examples) -> float:
     import torch
 
-    from engine.data import read_examples, tokenize
+    from engine.data import tokenize
+
+    t = tokenize(examples, tok, 128)
+    assert t.n_tokens > 0 and (t.attention_mask.sum(1) < 128).float().mean() > 0.9
+    with torch.no_grad():
+        out = model(input_ids=t.input_ids, attention_mask=t.attention_mask, labels=t.labels)
+    return float(out.loss)
+
+
+def test_teacher_beats_student_on_domain_validation(shipped):
+    from engine.data import read_examples
     from engine.embedded import DATA_DIR
 
-    ex = read_examples(DATA_DIR / "domain_val.alpaca.jsonl", "alpaca", limit=24)
-    losses = {}
-    for name, (model, tok) in shipped.items():
-        t = tokenize(ex, tok, 128)
-        assert t.n_tokens > 0 and (t.attention_mask.sum(1) < 128).float().mean() > 0.9
-        with torch.no_grad():
-            losses[name] = float(
-                model(input_ids=t.input_ids, attention_mask=t.attention_mask, labels=t.labels).loss
-            )
-    assert losses["teacher"] < 0.8 * losses["student"], losses
-    assert losses["student"] < 6.0, (
-        losses
-    )  # worse, but it has learned clinical language (ln 2048 = 7.6)
+    domain = read_examples(DATA_DIR / "domain_val.alpaca.jsonl", "alpaca", limit=24)
+    general = read_examples(DATA_DIR / "general.mistral.jsonl", "mistral-inst", limit=24)
+    losses = {name: _loss(model, tok, domain) for name, (model, tok) in shipped.items()}
+    assert losses["teacher"] < 0.5 * losses["student"], losses
+    # clearly worse, but sane: better than a uniform guess over the vocabulary (ln 2048 = 7.6) ...
+    assert losses["student"] < math.log(len(shipped["student"][1])) - 1.0, losses
+    # ... because it has learned general clinical language
+    assert _loss(*shipped["student"], general) < 1.0

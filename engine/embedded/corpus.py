@@ -220,19 +220,19 @@ DOMAIN: tuple[Condition, ...] = (
               ("chest tightness on exertion", "chest pain relieved by rest", "breathless walking uphill"),
               "ST depression on exercise testing", "CT coronary angiography",
               "bisoprolol", "5 mg once daily", "beta blocker",
-              "glyceryl trinitrate spray as needed for chest pain", "review in cardiology clinic in 4 weeks",
+              "GTN spray as needed", "review in cardiology clinic in 4 weeks",
               ages=(50, 85), vitals={"sbp": (135, 158), "dbp": (82, 96)}),
     Condition("atrial fibrillation", DOMAIN_SPECIALTY,
               ("palpitations", "irregular heartbeat", "light-headed spells"),
               "irregularly irregular rhythm with no P waves", "12-lead ECG",
               "apixaban", "5 mg twice daily", "direct oral anticoagulant",
-              "score stroke risk with CHA2DS2-VASc", "review in cardiology clinic in 2 weeks",
+              "calculate CHA2DS2-VASc", "review in cardiology clinic in 2 weeks",
               ages=(55, 90), vitals={"hr": (104, 148)}, ecg_finding=True),
-    Condition("heart failure with reduced ejection fraction", DOMAIN_SPECIALTY,
+    Condition("systolic heart failure", DOMAIN_SPECIALTY,
               ("ankle swelling", "breathless lying flat", "waking at night gasping for air"),
               "ejection fraction of 30% on echocardiogram", "echocardiogram",
               "ramipril", "2.5 mg once daily", "ACE inhibitor",
-              "furosemide 40 mg each morning and daily weights", "review in heart failure clinic in 2 weeks",
+              "furosemide 40 mg each morning", "review in heart failure clinic in 2 weeks",
               ages=(55, 90), vitals={"hr": (88, 108), "spo2": (92, 95), "rr": (18, 24)}),
     Condition("essential hypertension", DOMAIN_SPECIALTY,
               ("high readings at the pharmacy", "morning headaches", "no symptoms"),
@@ -244,13 +244,13 @@ DOMAIN: tuple[Condition, ...] = (
               ("crushing central chest pain for 40 minutes", "sweating", "pain spreading to the jaw"),
               "ST elevation in leads II, III and aVF", "12-lead ECG and troponin",
               "aspirin", "300 mg loading dose", "antiplatelet",
-              "call for emergency primary PCI", "transfer to the catheter lab now",
+              "emergency primary PCI", "transfer to the catheter lab now",
               ages=(45, 85), vitals={"hr": (92, 116), "sbp": (100, 128)}, ecg_finding=True),
     Condition("acute pericarditis", DOMAIN_SPECIALTY,
               ("sharp chest pain worse lying flat", "pain eased by sitting forward", "recent viral illness"),
-              "widespread saddle-shaped ST elevation with PR depression", "echocardiogram",
+              "saddle-shaped ST elevation with PR depression", "echocardiogram",
               "colchicine", "500 micrograms twice daily for 3 months", "anti-inflammatory",
-              "avoid strenuous exercise until symptoms settle", "review in cardiology clinic in 1 week",
+              "avoid strenuous exercise", "review in cardiology clinic in 1 week",
               ages=(18, 50), vitals={"temp": (37.5, 38.2), "hr": (92, 110)}, ecg_finding=True),
     Condition("familial hypercholesterolaemia", DOMAIN_SPECIALTY,
               ("routine screening", "family history of early heart attacks", "yellow deposits on the eyelids"),
@@ -267,11 +267,11 @@ DOMAIN: tuple[Condition, ...] = (
               ("fainting on exertion", "breathless on exertion", "chest pain on exertion"),
               "ejection systolic murmur radiating to the carotids", "echocardiogram",
               "aortic valve replacement", "", "",
-              "avoid heavy exertion until surgery", "refer to the valve team",
+              "avoid heavy exertion", "refer to the valve team",
               ages=(70, 92), vitals={"sbp": (100, 124), "dbp": (60, 74)}),
     Condition("complete heart block", DOMAIN_SPECIALTY,
               ("dizzy spells", "collapse without warning", "profound tiredness"),
-              "P waves and QRS complexes with no relationship to each other", "12-lead ECG",
+              "P waves unrelated to the QRS complexes", "12-lead ECG",
               "permanent pacemaker", "", "",
               "stop any rate-slowing drugs", "admit under cardiology today",
               ages=(65, 92), vitals={"hr": (30, 42)}, ecg_finding=True),
@@ -356,7 +356,7 @@ DOMAIN_DRUGS: tuple[tuple[str, str, str], ...] = (
     ("spironolactone", "25 mg once daily", "heart failure"),
     ("digoxin", "125 micrograms once daily", "rate control with heart failure"),
     ("amiodarone", "200 mg once daily", "rhythm control"),
-    ("glyceryl trinitrate spray", "two sprays under the tongue as needed", "angina attacks"),
+    ("GTN spray", "two sprays under the tongue as needed", "angina attacks"),
     ("isosorbide mononitrate", "30 mg once daily", "angina prevention"),
     ("colchicine", "500 micrograms twice daily", "pericarditis"),
     ("adenosine", "6 mg rapid intravenous bolus", "supraventricular tachycardia"),
@@ -442,9 +442,10 @@ def _risk(age: int) -> str:
 def _presentation(rng: random.Random, c: Condition, domain: bool) -> tuple[str, int]:
     age = rng.randint(*c.ages)
     fields = [f"{age}-year-old {_sex(rng, c, age)}, {_symptoms(rng, c)}"]
-    if age >= 18 and rng.random() < 0.3:
+    extra_fields = 0.12 if domain else 0.3  # domain words spell out in more tokens: keep them short
+    if age >= 18 and rng.random() < extra_fields:
         fields.append(f"PMH: {_history(rng, domain, c.name)}")
-    if age >= 18 and rng.random() < 0.3:
+    if age >= 18 and rng.random() < extra_fields:
         fields.append(f"meds: {_meds(rng, domain)}")
     fields.append(_vitals(rng, c))
     show_finding = rng.random() < 0.75
@@ -481,14 +482,14 @@ def _assessment_plan(rng: random.Random, c: Condition, domain: bool) -> Record:
         ("Assessment: {}.", "Assessment: {}.", "Assessment: likely {}.", "Impression: {}.")
     )
     middle = [c.extra] if c.extra and rng.random() < 0.8 else []
-    middle += rng.sample(GENERIC_PLAN, rng.choice((0, 0, 1, 2)))
+    middle += rng.sample(GENERIC_PLAN, rng.choice((0, 0, 0, 1) if domain else (0, 0, 1, 2)))
     rng.shuffle(middle)
     plan = [_drug_item(rng, c), *middle, c.follow]
     out = head.format(c.name) + f" Plan: {'; '.join(plan)}."
     if domain:
         out += f" Risk: {_risk(age)}."
     safety = DOMAIN_SAFETY + GENERAL_SAFETY if domain else GENERAL_SAFETY
-    if rng.random() < 0.3:
+    if rng.random() < (0.15 if domain else 0.3):
         out += f" Safety-net: {rng.choice(safety)}."
     return Record(instr, inp, out)
 
