@@ -147,6 +147,24 @@ def leaderboard_table(orch: Orchestrator, limit: int = 20) -> Table:
     return table
 
 
+def champion_summary(orch: Orchestrator, finished: RunFinished) -> str:
+    """The champion against the references: the untrained student and, if any, the teacher."""
+    if finished.champion_fitness is None:
+        return "no champion: no individual was scored"
+    loss = -finished.champion_fitness
+    text = f"champion [bold]{finished.champion}[/] validation loss {loss:.4f}"
+    student, teacher = orch.student_loss, orch.teacher_loss
+    if student is not None:
+        text += f" · untrained student {student:.4f}"
+    if teacher is not None:
+        text += f" · teacher {teacher:.4f}"
+        if loss <= teacher:
+            text += " · better than the teacher"
+        elif student is not None and student > teacher:
+            text += f" · closes {100 * (student - loss) / (student - teacher):.0f}% of the student–teacher gap"
+    return text
+
+
 async def _run(orch: Orchestrator, view: HeadlessView, resume: bool) -> RunFinished:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
@@ -187,11 +205,7 @@ def run_headless(
         console.print(leaderboard_table(orch))
     run_path = orch.run_dir.path
     if finished.status == "completed":
-        console.print(
-            f"champion [bold]{finished.champion}[/] (validation loss {-finished.champion_fitness:.4f})"
-            if finished.champion_fitness is not None
-            else "no champion"
-        )
+        console.print(champion_summary(orch, finished))
         if finished.export_dir:
             console.print(f"champion adapter: {finished.export_dir}")
         console.print(f"run directory: {run_path}")
