@@ -36,8 +36,9 @@ def _lines(rng: random.Random, n: int, domain: bool) -> list[str]:
 
 def build_tiny_lab(root: Path, seed: int = 0) -> dict[str, Path]:
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from engine.embedded.build import train_tokenizer
 
     rng = random.Random(seed)
     data = root / "data"
@@ -46,22 +47,7 @@ def build_tiny_lab(root: Path, seed: int = 0) -> dict[str, Path]:
     (data / "train.txt").write_text("\n".join(train) + "\n")
     (data / "val.txt").write_text("\n".join(val) + "\n")
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320,
-        special_tokens=["<pad>", "<s>", "</s>", "<unk>", "[INST]", "[/INST]"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(train + val, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-    )
+    fast = train_tokenizer(train + val, 320)
     paths = {"data": data}
     for name, layers, s in (("student", 2, 1), ("teacher", 3, 2)):
         torch.manual_seed(s)

@@ -12,14 +12,13 @@ import os
 import time
 from typing import Any
 
-from engine.workers.common import load_split, serve, setup_process
+from engine.workers.common import load_split, run_worker
 from engine.workers.messages import (
     EvalDone,
     EvalTask,
     ExportDone,
     ExportTask,
     Progress,
-    Ready,
     TrainDone,
     TrainTask,
 )
@@ -54,6 +53,10 @@ class Coliseum:
         self.base_path = base.config.name_or_path or profile.student.model
         self.load_seconds = time.perf_counter() - t0
         self.torch = torch
+
+    @property
+    def ready_detail(self) -> str:
+        return f"student {self.params / 1e6:.2f}M params, loaded in {self.load_seconds:.1f}s"
 
     # --- adapters -------------------------------------------------------------------------------
 
@@ -268,18 +271,4 @@ def coliseum_main(
     log_path: str | None = None,
 ) -> None:
     """Entry point of a coliseum process (spawned)."""
-    setup_process(threads, log_path)
-
-    def setup():
-        col = Coliseum(worker, device, profile, results, go)
-        results.put(
-            Ready(
-                worker,
-                os.getpid(),
-                device,
-                f"student {col.params / 1e6:.2f}M params, loaded in {col.load_seconds:.1f}s",
-            )
-        )
-        return col.handle
-
-    serve(worker, tasks, results, setup)
+    run_worker(Coliseum, worker, device, profile, threads, tasks, results, go, log_path)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from engine.errors import GenesisError
-from engine.workers.messages import JobFailed, Shutdown, WorkerFatal
+from engine.workers.messages import JobFailed, Ready, Shutdown, WorkerFatal
 
 
 def setup_process(threads: int, log_path: str | None = None) -> None:
@@ -80,3 +80,26 @@ def serve(worker: str, tasks: Any, results: Any, setup: Callable[[], Callable[[A
             results.put(
                 JobFailed(worker, task.job, describe(exc), "oom" if is_oom(exc) else "error")
             )
+
+
+def run_worker(
+    make: Callable[[str, str, Any, Any, Any], Any],
+    worker: str,
+    device: str,
+    profile: Any,
+    threads: int,
+    tasks: Any,
+    results: Any,
+    go: Any,
+    log_path: str | None,
+) -> None:
+    """The body of every worker process: set up, build the worker object with ``make`` (which
+    loads its model), announce it as Ready with its ``ready_detail``, then serve tasks."""
+    setup_process(threads, log_path)
+
+    def setup() -> Callable[[Any], Any]:
+        obj = make(worker, device, profile, results, go)
+        results.put(Ready(worker, os.getpid(), device, obj.ready_detail))
+        return obj.handle
+
+    serve(worker, tasks, results, setup)

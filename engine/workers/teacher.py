@@ -6,16 +6,17 @@ The distillation issue adds logit computation and caching to the same process.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-from engine.workers.common import load_split, serve, setup_process
-from engine.workers.messages import Ready, TeacherDone, TeacherEvalTask
+from engine.workers.common import load_split, run_worker
+from engine.workers.messages import TeacherDone, TeacherEvalTask
 
 
 class Teacher:
-    def __init__(self, worker: str, device: str, profile: Any) -> None:
+    def __init__(
+        self, worker: str, device: str, profile: Any, results: Any = None, go: Any = None
+    ) -> None:
         from engine.models import load_causal_lm
 
         t0 = time.perf_counter()
@@ -24,6 +25,10 @@ class Teacher:
         self.val_split = load_split(profile, "validation", self.tokenizer)
         self.params = sum(p.numel() for p in self.model.parameters())
         self.load_seconds = time.perf_counter() - t0
+
+    @property
+    def ready_detail(self) -> str:
+        return f"teacher {self.params / 1e6:.2f}M params, loaded in {self.load_seconds:.1f}s"
 
     def handle(self, task: Any) -> Any:
         if isinstance(task, TeacherEvalTask):
@@ -47,19 +52,5 @@ def teacher_main(
     go: Any,
     log_path: str | None = None,
 ) -> None:
-    """Entry point of the teacher process (spawned)."""
-    setup_process(threads, log_path)
-
-    def setup():
-        t = Teacher(worker, device, profile)
-        results.put(
-            Ready(
-                worker,
-                os.getpid(),
-                device,
-                f"teacher {t.params / 1e6:.2f}M params, loaded in {t.load_seconds:.1f}s",
-            )
-        )
-        return t.handle
-
-    serve(worker, tasks, results, setup)
+    """Entry point of a teacher process (spawned)."""
+    run_worker(Teacher, worker, device, profile, threads, tasks, results, go, log_path)
