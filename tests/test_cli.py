@@ -1,0 +1,83 @@
+"""The command line as a user meets it: help, rig profiles on this machine, and broken inputs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "genesis_tui.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def test_help_and_help_profile():
+    r = cli("--help")
+    assert r.returncode == 0 and "--profile" in r.stdout and "--resume" in r.stdout
+    r = cli("--help-profile")
+    assert r.returncode == 0
+    for section in (
+        "[run]",
+        "[student]",
+        "[teacher]",
+        "[data]",
+        "[population]",
+        "[evolution]",
+        "[training]",
+        "[devices]",
+    ):
+        assert section in r.stdout
+
+
+def test_nothing_to_do_is_a_usage_error():
+    r = cli()
+    assert r.returncode == 2 and "nothing to do" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("profile", ["medical-dual-gpu.toml", "tinyllama.toml"])
+def test_rig_profiles_stop_early_with_a_clear_message_here(profile):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    r = cli("--profile", f"profiles/{profile}", "--headless")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "cuda" in r.stderr and "not in the local Hugging Face cache" in r.stderr
+    assert "hf download" in r.stderr
+    assert r.stderr.count("\n") == 1  # one paragraph
+
+
+def test_bad_profile_value_names_file_line_and_key(tiny_profile):
+    r = cli("--profile", str(tiny_profile(evolution__elitism=4)), "--headless")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "tiny.toml, line" in r.stderr and "elitism" in r.stderr
+
+
+def test_a_worker_that_cannot_load_its_model_fails_the_run_clearly(
+    tiny_lab, tiny_profile, tmp_path
+):
+    broken = tmp_path / "broken_student"
+    shutil.copytree(tiny_lab["student"], broken)
+    (broken / "model.safetensors").write_bytes(b"not a safetensors file")
+    r = cli("--profile", str(tiny_profile(student__model=str(broken))), "--headless", timeout=120)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
+    assert "coliseum-0" in r.stderr and "could not start" in r.stderr
+    assert "events.jsonl" in r.stderr
+
+
+def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
+    r = cli("--resume", str(tmp_path), "--headless")
+    assert r.returncode == 2 and "not a Genesis Lab run directory" in r.stderr
