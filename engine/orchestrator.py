@@ -576,8 +576,6 @@ class Orchestrator:
                     break
                 self.population = [i for i in self.population if i.id not in self._culled]
                 self._finish_generation(gen, time.perf_counter() - t0)
-            else:
-                gen = None
             if self.stop_requested:
                 status, reason = "stopped", "stopped by the operator"
         except asyncio.CancelledError:
