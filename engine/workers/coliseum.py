@@ -12,7 +12,7 @@ import os
 import time
 from typing import Any
 
-from engine.workers.common import load_split, run_worker
+from engine.workers.common import load_split
 from engine.workers.messages import (
     EvalDone,
     EvalTask,
@@ -258,17 +258,3 @@ class Coliseum:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             self._remove(name)
-
-
-def coliseum_main(
-    worker: str,
-    device: str,
-    profile: Any,
-    threads: int,
-    tasks: Any,
-    results: Any,
-    go: Any,
-    log_path: str | None = None,
-) -> None:
-    """Entry point of a coliseum process (spawned)."""
-    run_worker(Coliseum, worker, device, profile, threads, tasks, results, go, log_path)

@@ -20,6 +20,7 @@ from typing import Any
 from engine.errors import GenesisError
 from engine.events import Event, WorkerState
 from engine.workers import messages as m
+from engine.workers.common import run_worker
 
 MAX_RESTARTS = 3
 MAX_ATTEMPTS = 3
@@ -49,7 +50,7 @@ class _Worker:
     name: str
     role: str
     device: str
-    target: Callable[..., None]
+    factory: Callable[..., Any]  # the worker class the process builds (Coliseum or Teacher)
     threads: int
     process: Any = None
     tasks: Any = None
@@ -83,8 +84,8 @@ class WorkerPool:
     ) -> None:
         import torch.multiprocessing as tmp
 
-        from engine.workers.coliseum import coliseum_main
-        from engine.workers.teacher import teacher_main
+        from engine.workers.coliseum import Coliseum
+        from engine.workers.teacher import Teacher
 
         self.profile, self.publish = profile, publish
         self.log_dir = log_dir
@@ -98,9 +99,7 @@ class WorkerPool:
         if with_teacher:
             dev = profile.devices.teacher
             self.workers.append(
-                _Worker(
-                    "teacher", "teacher", dev, teacher_main, auto_threads(profile, dev, "teacher")
-                )
+                _Worker("teacher", "teacher", dev, Teacher, auto_threads(profile, dev, "teacher"))
             )
         for i, dev in enumerate(profile.devices.coliseum):
             self.workers.append(
@@ -108,7 +107,7 @@ class WorkerPool:
                     f"coliseum-{i}",
                     "coliseum",
                     dev,
-                    coliseum_main,
+                    Coliseum,
                     auto_threads(profile, dev, "coliseum"),
                 )
             )
@@ -147,8 +146,9 @@ class WorkerPool:
         w.tasks = self.ctx.Queue()
         w.ready = self._loop.create_future()
         w.process = self.ctx.Process(
-            target=w.target,
+            target=run_worker,
             args=(
+                w.factory,
                 w.name,
                 w.device,
                 self.profile,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from engine.workers.common import load_split, run_worker
+from engine.workers.common import load_split
 from engine.workers.messages import TeacherDone, TeacherEvalTask
 
 
@@ -40,17 +40,3 @@ class Teacher:
             )
             return TeacherDone(self.worker, task.job, loss, tokens, time.perf_counter() - t0)
         raise TypeError(f"teacher cannot handle {type(task).__name__}")
-
-
-def teacher_main(
-    worker: str,
-    device: str,
-    profile: Any,
-    threads: int,
-    tasks: Any,
-    results: Any,
-    go: Any,
-    log_path: str | None = None,
-) -> None:
-    """Entry point of a teacher process (spawned)."""
-    run_worker(Teacher, worker, device, profile, threads, tasks, results, go, log_path)
