@@ -81,3 +81,14 @@ def test_a_worker_that_cannot_load_its_model_fails_the_run_clearly(
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     r = cli("--resume", str(tmp_path), "--headless")
     assert r.returncode == 2 and "not a Genesis Lab run directory" in r.stderr
+
+
+def test_merge_flag_writes_a_merged_champion_that_transformers_loads(tiny_profile, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    r = cli("--profile", str(tiny_profile(evolution__generations=1)), "--headless", "--merge")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    merged = AutoModelForCausalLM.from_pretrained(run / "champion" / "merged", dtype=torch.float32)
+    assert merged.config.num_hidden_layers == 2
