@@ -1,12 +1,13 @@
 """Build the embedded default from nothing: corpus, data files, tokenizer, teacher and student.
 
-    python -m engine.embedded.build            # the shipped assets (about 10 minutes on 2 CPU cores)
+    python -m engine.embedded.build            # the shipped assets (about 12-14 minutes on 2 CPU cores)
     python -m engine.embedded.build --quick --out /tmp/assets   # a tiny smoke build (under 2 minutes)
 
 Everything is deterministic from ``--seed``: the corpus (seeded ``random.Random``), the tokenizer
 (trained on that corpus) and both models (``torch.manual_seed`` before initialisation and for the
 data order). The teacher learns general + cardiology; the student learns general only, so the
 teacher is clearly better on the cardiology validation split: that gap is the lab's demo task.
+Bit-for-bit identical outputs need the same machine type and thread count (float reductions).
 """
 
 from __future__ import annotations
