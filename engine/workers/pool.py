@@ -59,6 +59,7 @@ class _Worker:
     restarts: int = 0
     job: int | None = None
     gone: bool = False
+    seen_dead: bool = False
     jobs_done: int = field(default=0)
 
 
@@ -252,6 +253,12 @@ class WorkerPool:
             await asyncio.sleep(MONITOR_INTERVAL)
             for w in self.workers:
                 if w.gone or w.process is None or w.process.is_alive() or self._closing:
+                    w.seen_dead = False
+                    continue
+                if not w.seen_dead:
+                    # Its last message (a WorkerFatal with the reason, a result) may still be on
+                    # its way through the reader thread: judge the death on the next tick.
+                    w.seen_dead = True
                     continue
                 self._on_death(w)
 
@@ -266,8 +273,11 @@ class WorkerPool:
                 fut.set_exception(WorkerDied(f"{w.name} exited with code {code}"))
             w.job = None
         if w.ready is not None and not w.ready.done():
+            log = f"; its output is in {self._log_path(w)}" if self.log_dir is not None else ""
             w.ready.set_exception(
-                WorkerStartError(f"the {w.name} worker exited with code {code} while starting")
+                WorkerStartError(
+                    f"the {w.name} worker on {w.device} could not start: it exited with code {code}{log}"
+                )
             )
             w.gone = True
         elif w.restarts < MAX_RESTARTS:
