@@ -163,6 +163,8 @@ class Orchestrator:
         if isinstance(cmd, Promote):
             if ind.status in ("culled", "failed"):
                 return False, f"{ind.id} is {ind.status}"
+            if ind.paused:  # a paused individual is outside selection: promotion would not apply
+                return False, f"{ind.id} is paused; resume it before promoting"
             ind.promoted = True
             ind.status = "promoted"
             self._update(ind)

@@ -103,11 +103,18 @@ def _main(args: argparse.Namespace) -> int:
         print("profile is valid and this machine can run it.")
         return 0
     if not args.headless:
-        return _fail(
-            "the terminal UI is not part of this build yet; run with --headless "
-            "(progress lines and a final leaderboard), e.g. genesis-tui --profile "
-            f"{args.profile or args.resume} --headless."
+        from engine.orchestrator import Orchestrator
+        from genesis_tui.app import GenesisApp
+
+        if not args.resume:
+            run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+        app = GenesisApp(
+            Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
         )
+        code = app.run()
+        if app.farewell:
+            print(app.farewell)
+        return code if code is not None else (app.return_code or 1)
 
     from engine.orchestrator import Orchestrator
     from genesis_tui.headless import run_headless

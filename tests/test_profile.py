@@ -133,9 +133,12 @@ def test_hub_ids_are_not_checked_for_existence(lab):
 
 def test_inline_and_dotted_forms_are_accepted(lab):
     text = BASE.replace("[population]\nsize = 4\nranks = [8, 4]\n", "").replace(
-        "# a small valid profile\n", 'population = { size = 4, ranks = [4, 8] }\nevolution.crossover = "ties"\n'
+        "# a small valid profile\n",
+        'population = { size = 4, ranks = [4, 8] }\nevolution.crossover = "ties"\n',
     )
-    with pytest.raises(ProfileError):  # [evolution] appears as a dotted key and as a header: a TOML error
+    with pytest.raises(
+        ProfileError
+    ):  # [evolution] appears as a dotted key and as a header: a TOML error
         load_profile(write(lab, text, "x.toml"))
     text = text.replace('evolution.crossover = "ties"\n', "")
     assert load_profile(write(lab, text, "y.toml")).population.size == 4
@@ -166,10 +169,23 @@ def test_shipped_profiles_validate_and_round_trip(name, tmp_path):
 
 def test_shipped_profile_values(tmp_path):
     demo = load_profile(_assets_copy(tmp_path, "demo.toml"))
-    assert (demo.population.size, demo.population.ranks, demo.evolution.generations) == (8, [4, 8, 16], 4)
-    assert (demo.evolution.elitism, demo.evolution.tournament_size, demo.evolution.crossover) == (2, 3, "slerp")
+    assert (demo.population.size, demo.population.ranks, demo.evolution.generations) == (
+        8,
+        [4, 8, 16],
+        4,
+    )
+    assert (demo.evolution.elitism, demo.evolution.tournament_size, demo.evolution.crossover) == (
+        2,
+        3,
+        "slerp",
+    )
     assert (demo.training.steps_per_generation, demo.training.learning_rate) == (30, 2e-3)
-    assert (demo.data.format, demo.data.batch_size, demo.data.max_seq_len, demo.data.max_val_examples) == ("text", 8, 128, 128)
+    assert (
+        demo.data.format,
+        demo.data.batch_size,
+        demo.data.max_seq_len,
+        demo.data.max_val_examples,
+    ) == ("text", 8, 128, 128)
     assert (demo.devices.teacher, demo.devices.coliseum) == ("cpu", ["cpu"])
     assert "generations = 4" in demo.to_toml()
 
@@ -179,7 +195,11 @@ def test_shipped_profile_values(tmp_path):
     assert t is not None and t.model == "meta-llama/Meta-Llama-3-70B-Instruct"
     assert (t.load_in_4bit, t.quant_type, t.compute_dtype) == (True, "nf4", "bfloat16")
     assert (med.devices.teacher, med.devices.coliseum) == ("cuda:0", ["cuda:1"])
-    assert (med.population.size, med.population.ranks, med.evolution.generations) == (10, [8, 16, 32], 5)
+    assert (med.population.size, med.population.ranks, med.evolution.generations) == (
+        10,
+        [8, 16, 32],
+        5,
+    )
     assert (med.data.format, med.data.max_seq_len) == ("alpaca", 512)
 
     tiny = load_profile(_assets_copy(tmp_path, "tinyllama.toml"))
@@ -207,11 +227,15 @@ def test_shipped_demo_validates_in_place():
 def test_toml_syntax_error(lab):
     text = BASE.replace("size = 4", "size 4")
     msg = error(lab, text)
-    assert f"line {line_of(text, 'size 4')}, column" in msg and "invalid TOML" in msg and "size 4" in msg
+    assert (
+        f"line {line_of(text, 'size 4')}, column" in msg
+        and "invalid TOML" in msg
+        and "size 4" in msg
+    )
 
 
 def test_section_given_twice(lab):
-    msg = error(lab, BASE + '\n[run]\nseed = 1\n')
+    msg = error(lab, BASE + "\n[run]\nseed = 1\n")
     assert "invalid TOML" in msg and "[run] appears twice" in msg
 
 
@@ -225,7 +249,10 @@ def test_unknown_section_suggests_closest(lab):
 def test_unknown_key_suggests_closest(lab):
     text = BASE.replace("elitism = 1", "elitsm = 1")
     msg = error(lab, text)
-    assert f"line {line_of(text, 'elitsm')}, [evolution] elitsm = 1" in msg and "did you mean 'elitism'?" in msg
+    assert (
+        f"line {line_of(text, 'elitsm')}, [evolution] elitsm = 1" in msg
+        and "did you mean 'elitism'?" in msg
+    )
 
 
 def test_key_in_the_wrong_section(lab):
@@ -244,11 +271,15 @@ def test_device_under_student_points_to_devices(lab):
 def test_missing_required_key(lab):
     text = BASE.replace('train = "train.txt"\n', "")
     msg = error(lab, text)
-    assert f"line {line_of(text, '[data]')}, [data]" in msg and "missing required key 'train'" in msg
+    assert (
+        f"line {line_of(text, '[data]')}, [data]" in msg and "missing required key 'train'" in msg
+    )
 
 
 def test_missing_required_section(lab):
-    text = BASE.replace('[data]\nformat = "text"\ntrain = "train.txt"\nvalidation = "val.txt"\n', "")
+    text = BASE.replace(
+        '[data]\nformat = "text"\ntrain = "train.txt"\nvalidation = "val.txt"\n', ""
+    )
     msg = error(lab, text)
     assert "missing required section [data]" in msg
 
@@ -261,7 +292,9 @@ def test_wrong_type_string_for_integer(lab):
 
 
 def test_wrong_type_float_for_integer_and_string_for_list(lab):
-    assert "expected an integer, got the number 4.0" in error(lab, BASE.replace("size = 4", "size = 4.0"))
+    assert "expected an integer, got the number 4.0" in error(
+        lab, BASE.replace("size = 4", "size = 4.0")
+    )
     msg = error(lab, BASE.replace('coliseum = ["cpu"]', 'coliseum = "cpu"'))
     assert "[devices] coliseum" in msg and "expected a list of strings" in msg
 
@@ -269,20 +302,27 @@ def test_wrong_type_float_for_integer_and_string_for_list(lab):
 def test_out_of_range(lab):
     text = BASE.replace("size = 4", "size = 1")
     msg = error(lab, text)
-    assert f"line {line_of(text, 'size = 1')}, [population] size = 1: must be at least 2" in msg and "2 to 4096" in msg
+    assert (
+        f"line {line_of(text, 'size = 1')}, [population] size = 1: must be at least 2" in msg
+        and "2 to 4096" in msg
+    )
 
 
 def test_out_of_range_float(lab):
     text = BASE.replace("ranks = [8, 4]", "ranks = [8, 4]\ndropout = 1.5")
     msg = error(lab, text)
-    assert f"line {line_of(text, 'dropout')}, [population] dropout = 1.5: must be less than 1 " in msg
+    assert (
+        f"line {line_of(text, 'dropout')}, [population] dropout = 1.5: must be less than 1 " in msg
+    )
 
 
 def test_error_line_in_inline_table(lab):
     text = BASE.replace("[population]\nsize = 4\nranks = [8, 4]\n", "").replace(
         "# a small valid profile\n", "population = { size = 1 }\n"
     )
-    assert error(lab, text).startswith("bad.toml, line 1, [population] size = 1: must be at least 2")
+    assert error(lab, text).startswith(
+        "bad.toml, line 1, [population] size = 1: must be at least 2"
+    )
 
 
 def test_list_item_out_of_range(lab):

@@ -146,7 +146,7 @@ class WorkerPool:
         w.incarnation += 1
         w.tasks = self.ctx.Queue()
         w.ready = self._loop.create_future()
-        w.process = self.ctx.Process(
+        process = self.ctx.Process(
             target=run_worker,
             args=(
                 w.factory,
@@ -162,7 +162,8 @@ class WorkerPool:
             name=f"genesis-{w.name}",
             daemon=True,
         )
-        w.process.start()
+        process.start()  # may raise (no fork/spawn possible): w.process stays the last started one
+        w.process = process
         self.publish(
             WorkerState(w.name, w.role, w.device, "starting", w.process.pid, f"{w.threads} threads")
         )
@@ -182,7 +183,7 @@ class WorkerPool:
                 except (OSError, ValueError):
                     pass
         for w in self.workers:
-            if w.process is None:
+            if w.process is None or w.process.pid is None:  # never started
                 continue
             await asyncio.to_thread(w.process.join, 10)
             if w.process.is_alive():

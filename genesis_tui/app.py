@@ -1,0 +1,638 @@
+"""The terminal UI: one Textual app that runs the engine on its own event loop and shows it.
+
+Events from the engine (``orch.subscribe``) are only buffered; a 0.1 s timer applies each batch
+to the panes, so the screen refreshes at most ten times a second however fast the engine talks.
+Commands go straight to ``orch.submit`` (on the loop's thread) and every acknowledgement shows
+in the Log pane. Telemetry is sampled in a daemon thread (``engine.telemetry``) and read here.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from rich.text import Text
+from textual import events, on, work
+from textual.app import App, ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+
+from engine.events import (
+    Command,
+    CommandAck,
+    Cull,
+    EnginePaused,
+    Event,
+    Exported,
+    ExportIndividual,
+    GenerationFinished,
+    GenerationStarted,
+    IndividualUpdate,
+    PauseEngine,
+    PauseIndividual,
+    Promote,
+    RunFinished,
+    RunStarted,
+    StopRun,
+    WorkerState,
+)
+from engine.telemetry import TelemetrySampler
+from genesis_tui.widgets.audio_pane import AudioPane
+from genesis_tui.widgets.confirm_screen import ConfirmScreen
+from genesis_tui.widgets.details import IndividualDetails
+from genesis_tui.widgets.details_screen import DetailsScreen
+from genesis_tui.widgets.event_log import EventLog
+from genesis_tui.widgets.help_screen import HelpScreen
+from genesis_tui.widgets.leaderboard import Entry, Leaderboard
+from genesis_tui.widgets.loss_pane import LossPane
+from genesis_tui.widgets.run_header import RunHeader
+from genesis_tui.widgets.telemetry_pane import TelemetryPane
+
+TABS = (
+    ("board", "1 Leaderboard"),
+    ("loss", "2 Loss"),
+    ("telemetry", "3 Telemetry"),
+    ("audio", "4 Audio"),
+    ("log", "5 Log"),
+)
+EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 130}
+QUIT_BODY = (
+    "This window owns the run: quitting stops it.\n\n"
+    "Stop the run: the engine finishes the work in flight and stops; the last complete "
+    "generation stays resumable (genesis-tui --resume {run_dir}). The window closes when "
+    "the engine has stopped.\n\n"
+    "Detaching (closing the window and leaving the run going) is not possible yet: a later "
+    "version adds a control socket that a terminal can attach to."
+)
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker with the real stderr.
+
+    Textual swaps ``sys.stderr`` for an object whose ``fileno()`` is -1; the tracker, started
+    lazily by the first worker process, passes that descriptor on and fails ("bad value(s) in
+    fds_to_keep"). Started here first, with the real stream, it never looks at it again.
+    """
+    from multiprocessing import resource_tracker
+
+    saved = sys.stderr
+    sys.stderr = sys.__stderr__
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.stderr = saved
+
+
+class Engine(Protocol):
+    """What the app needs of an engine: the Orchestrator, or ``genesis_tui.fake.FakeEngine``."""
+
+    profile: Any
+    run_dir: Any
+    paused: bool
+
+    def subscribe(self, fn: Any) -> None: ...
+
+    def submit(self, command: Command) -> CommandAck: ...
+
+    async def run(self, *, resume: bool = False) -> RunFinished: ...
+
+
+class GenesisApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "Genesis Lab"
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    BINDINGS = [
+        Binding("space", "pause_engine", "pause", tooltip="pause the engine at its next step"),
+        Binding("space", "resume_engine", "resume", tooltip="resume it"),
+        Binding("p", "pause_individual", "pause ind", tooltip="pause the selected individual"),
+        Binding("p", "resume_individual", "resume ind", tooltip="resume it"),
+        Binding("P", "promote", "promote", tooltip="promote: it survives into the next generation"),
+        Binding("x", "cull", "cull", tooltip="cull it: it leaves the population (asks first)"),
+        Binding("e", "export", "export", tooltip="export its adapter (PEFT + mergekit recipe)"),
+        Binding("s", "sort", "sort", show=False, tooltip="sort the leaderboard by the next column"),
+        Binding("question_mark", "help", "help", key_display="?", tooltip="this help"),
+        Binding("q", "quit_app", "quit", tooltip="quit (asks before stopping the run); ctrl+q too"),
+        Binding("ctrl+q", "quit_app", "quit", show=False, priority=True, tooltip="quit, as q"),
+        *(
+            Binding(str(k), f"show_tab('{tab}')", label.split(" ", 1)[1], show=False)
+            for k, (tab, label) in enumerate(TABS, 1)
+        ),
+    ]
+    # (keys, what) for the help screen, beside those generated from BINDINGS.
+    EXTRA_KEYS = (
+        ("↑ ↓ PgUp PgDn", "select an individual (the selection then stays on it)"),
+        ("home", "back to the top row, which follows the best again"),
+        ("enter", "its details: genome, lineage, loss history"),
+        ("1 … 5", "Leaderboard, Loss, Telemetry, Audio, Log"),
+        ("tab", "move the focus (on the tab bar ← → switch)"),
+        ("ctrl+p", "command palette: every action by name"),
+    )
+
+    def __init__(
+        self,
+        orch: Engine,
+        *,
+        resume: bool = False,
+        sampler: TelemetrySampler | None = None,
+        owns_run: bool = True,
+        flush_interval: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.orch = orch
+        self.resume = resume
+        self.owns_run = owns_run
+        self.sampler = sampler if sampler is not None else TelemetrySampler()
+        self.flush_interval = flush_interval
+        self._pending: list[Event] = []
+        self.run_name = str(getattr(getattr(orch.profile, "run", None), "name", "run"))
+        self.generations: int | None = getattr(
+            getattr(orch.profile, "evolution", None), "generations", None
+        )
+        self.generation: int | None = None
+        self.started = False
+        self.engine_state = "starting…"
+        self.stopping = False
+        self.finished: RunFinished | None = None
+        self.best = ""
+        self.unread_alarms = 0
+        self.applied = 0  # events applied so far (tests wait on it)
+        self._telemetry_seq = 0
+        self._exit_on_finish = False
+        self.farewell = ""
+        orch.subscribe(self._on_event)
+
+    # --- layout -----------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader(id="header")
+        with TabbedContent(initial="board", id="tabs"):
+            with TabPane(TABS[0][1], id="board"):
+                with Horizontal(id="board-row"):
+                    yield Leaderboard(id="leaderboard")
+                    yield IndividualDetails(id="details-side")
+            with TabPane(TABS[1][1], id="loss"):
+                yield LossPane(id="loss-pane")
+            with TabPane(TABS[2][1], id="telemetry"):
+                yield TelemetryPane(id="telemetry-pane")
+            with TabPane(TABS[3][1], id="audio"):
+                yield AudioPane(id="audio-pane")
+            with TabPane(TABS[4][1], id="log"):
+                yield EventLog(id="event-log")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        # Kept here: ``self.query_one`` searches the active screen, which may be a modal.
+        self.board = self.query_one(Leaderboard)
+        self.loss = self.query_one(LossPane)
+        self.telemetry = self.query_one(TelemetryPane)
+        self.event_log = self.query_one(EventLog)
+        self.tabs = self.query_one(TabbedContent)
+        self.run_header = self.query_one(RunHeader)
+        self.side = self.query_one("#details-side", IndividualDetails)
+        self.board.focus()
+        self._update_header()
+        self.sampler.start()
+        self.set_interval(self.flush_interval, self._flush_events)
+        if self.owns_run:
+            self._drive_engine()
+
+    def on_unmount(self) -> None:
+        self.sampler.stop()
+
+    @work(exclusive=True, group="engine", exit_on_error=False, description="the engine's run")
+    async def _drive_engine(self) -> None:
+        try:
+            _start_resource_tracker()
+            await self.orch.run(resume=self.resume)
+        except Exception as exc:  # the engine reports its own failures; this is a crash
+            if self.finished is None:
+                self._on_event(RunFinished("failed", reason=f"the engine crashed: {exc!r}"))
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        """Called by the engine for every event, on the loop's thread: buffer only."""
+        self._pending.append(event)
+
+    def _flush_events(self) -> None:
+        if self._exit:  # the panes are being torn down; nothing left to show
+            return
+        events, self._pending = self._pending, []
+        snap = self.sampler.latest()
+        fresh = snap is not None and snap.seq != self._telemetry_seq
+        if not events and not fresh:
+            return
+        board = self.board
+        changed: set[str] = set()
+        if events:
+            for e in events:
+                self._apply_state(e)
+            changed = board.apply(events)
+            self.loss.apply(events)
+            telemetry = self.telemetry
+            if telemetry.apply(events):
+                self.sampler.watch(telemetry.worker_pids())
+            alarms = self.event_log.apply(events)
+            self._count_alarms(alarms)
+            self._notify(events)
+            self.applied += len(events)
+        if fresh and snap is not None:
+            self._telemetry_seq = snap.seq
+            self.telemetry.show(snap, self.sampler.history())
+        if events:
+            self._update_header()
+            board.set_hint(self._phase())
+            self._show_selected(changed)
+            self.refresh_bindings()
+            if self.finished is not None and self._exit_on_finish:
+                self._exit_on_finish = False
+                self.exit(self.exit_code())
+
+    def _apply_state(self, e: Event) -> None:
+        if isinstance(e, RunStarted):
+            self.started = True
+            self.generations = e.generations
+            self.run_name = e.profile
+            if e.resumed_from is not None:
+                self.generation = e.resumed_from
+            if not self.stopping and self.engine_state == "starting…":
+                self.engine_state = "paused" if getattr(self.orch, "paused", False) else "running"
+        elif isinstance(e, GenerationStarted):
+            self.generation = e.generation
+        elif isinstance(e, GenerationFinished):
+            if not math.isnan(e.best):
+                self.best = f"best {-e.best:.4f} {e.champion}"
+        elif isinstance(e, EnginePaused):
+            if not self.stopping:
+                self.engine_state = "paused" if e.paused else "running"
+        elif isinstance(e, RunFinished):
+            self.finished = e
+            self.engine_state = e.status
+            self.stopping = False
+
+    def _phase(self) -> str:
+        """What the engine is doing before the first individual shows (for the empty table)."""
+        if self.finished is not None:
+            return f"the run {self.finished.status} before any individual"
+        if not self.started:
+            return "starting the engine…"
+        workers = self.telemetry.worker_info.values()
+        if not workers or any(w.state == "starting" for w in workers):
+            return "workers loading their models…"
+        return "scoring the references (untrained student, teacher)…"
+
+    def _notify(self, events: Iterable[Event]) -> None:
+        for e in events:
+            if isinstance(e, CommandAck) and not e.ok:
+                self.notify(e.detail, title=f"{e.command.get('kind')} refused", severity="error")
+            elif isinstance(e, Exported):
+                self.notify(f"{e.id} → {e.path}", title="exported")
+            elif isinstance(e, IndividualUpdate) and e.status == "failed":
+                self.notify(
+                    e.reason or "see the Log pane", title=f"{e.id} failed", severity="error"
+                )
+            elif isinstance(e, WorkerState) and e.state == "dead":
+                self.notify(e.detail or "", title=f"worker {e.worker} died", severity="error")
+            elif isinstance(e, RunFinished):
+                severity = {"completed": "information", "stopped": "warning"}.get(e.status, "error")
+                text = e.reason or (f"champion {e.champion}" if e.champion else "")
+                self.notify(text, title=f"run {e.status}", severity=severity, timeout=8)
+
+    def _count_alarms(self, alarms: int) -> None:
+        tabs = self.tabs
+        if alarms and tabs.active != "log":
+            self.unread_alarms += alarms
+            tabs.get_tab("log").label = Text.assemble(
+                TABS[4][1] + " ", (f"●{self.unread_alarms}", "bold red")
+            )
+
+    @on(TabbedContent.TabActivated)
+    def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "log" and self.unread_alarms:
+            self.unread_alarms = 0
+            event.tabbed_content.get_tab("log").label = TABS[4][1]
+        self.refresh_bindings()
+
+    def _update_header(self) -> None:
+        state = "stopping…" if self.stopping else self.engine_state
+        self.run_header.show(self.run_name, self.generation, self.generations, state, self.best)
+
+    # --- selection and details --------------------------------------------------------------
+
+    @property
+    def selected(self) -> Entry | None:
+        board = getattr(self, "board", None)  # None until mounted (the footer asks early)
+        return board.selected if board is not None else None
+
+    def _genome(self, ind_id: str) -> dict[str, Any] | None:
+        find = getattr(self.orch, "find", None)
+        ind = find(ind_id) if callable(find) else None
+        genome = getattr(ind, "genome", None)
+        return genome.to_dict() if hasattr(genome, "to_dict") else None
+
+    def _details_args(self, entry: Entry) -> tuple[Entry, list, dict[str, Any] | None]:
+        return entry, self.board.lineage(entry.id), self._genome(entry.id)
+
+    def _show_selected(self, changed: set[str] | None = None) -> None:
+        if not hasattr(self, "board"):
+            return
+        entry = self.selected
+        if self.size.width >= 120:  # the wide layout shows the details column
+            self.side.show(*(self._details_args(entry) if entry else (None,)))
+        for screen in self.screen_stack:
+            if isinstance(screen, DetailsScreen) and (
+                changed is None or screen.entry.id in changed
+            ):
+                current = self.board.entries.get(screen.entry.id)
+                if current is not None:
+                    screen.refresh_details(*self._details_args(current))
+
+    @on(DataTable.RowHighlighted, "#leaderboard")
+    def _row_highlighted(self) -> None:
+        self._show_selected(set())
+        self.refresh_bindings()
+
+    @on(DataTable.RowSelected, "#leaderboard")
+    def _row_selected(self) -> None:
+        entry = self.selected
+        if entry is not None:
+            self.push_screen(DetailsScreen(*self._details_args(entry)))
+
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._show_selected, set())
+
+    # --- what applies now -------------------------------------------------------------------
+
+    @property
+    def run_active(self) -> bool:
+        return self.started and self.finished is None and not self.stopping
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """True: enabled; None: shown greyed out (does not apply now); False: hidden."""
+        state = self.engine_state
+        if action == "pause_engine":
+            if self.run_active and state in ("paused", "resuming…"):
+                return False  # "resume" takes the key
+            return True if self.run_active and state == "running" else None
+        if action == "resume_engine":
+            if not self.run_active or state not in ("paused", "resuming…"):
+                return False
+            return True if state == "paused" else None
+        if action in ("pause_individual", "resume_individual", "promote", "cull", "export"):
+            e = self.selected
+            paused = e is not None and e.status == "paused"
+            if action == "resume_individual":
+                return (True if self.run_active else None) if paused else False
+            if action == "pause_individual" and paused:
+                return False
+            if e is None or e.gone or not self.run_active:
+                return None
+            if action in ("cull", "promote") and paused:
+                return None
+            if action == "promote":
+                return True if e.status != "promoted" else None
+            if action == "export":
+                return True if e.trained else None
+            return True
+        return True
+
+    def why_not(self, action: str) -> str:
+        """Why ``action`` does not apply now, in a line (shown when its key is pressed anyway)."""
+        if not self.started:
+            return "the engine is still starting"
+        if self.finished is not None:
+            return f"the run has {self.finished.status}"
+        if self.stopping:
+            return "the engine is stopping"
+        state = self.engine_state
+        if action in ("pause_engine", "resume_engine"):
+            return f"{state} — wait for the engine to confirm"
+        e = self.selected
+        if e is None:
+            return "select an individual first (↑ ↓ in the leaderboard)"
+        if e.gone:
+            return f"{e.id} is {e.status}"
+        if action == "promote":
+            return f"{e.id} is already promoted"
+        if action in ("cull", "promote") and e.status == "paused":
+            verb = "culling" if action == "cull" else "promoting"
+            return f"{e.id} is paused; resume it (p) before {verb}"
+        if action == "export":
+            return f"{e.id} has no trained adapter yet"
+        return "not now"
+
+    def on_key(self, event: events.Key) -> None:
+        """A key whose action does not apply reaches here: say why instead of doing nothing."""
+        if len(self.screen_stack) > 1:  # a modal is open: its keys are its own
+            return
+        actions = [
+            b.action
+            for b in self.BINDINGS
+            if isinstance(b, Binding) and event.key in b.key.split(",")
+        ]
+        if actions and not any(self.check_action(a, ()) for a in actions):
+            self.notify(self.why_not(actions[0]), title=f"{event.key}: not now", timeout=2.5)
+            event.stop()
+
+    # --- actions ----------------------------------------------------------------------------
+
+    def _submit(self, command: Command) -> CommandAck:
+        return self.orch.submit(command)
+
+    def action_pause_engine(self) -> None:
+        self.engine_state = "pausing…"
+        ack = self._submit(PauseEngine(True))
+        if not ack.ok:
+            self.engine_state = "running"
+        elif ack.detail.startswith("already"):
+            self.engine_state = "paused"
+        self._update_header()
+        self.refresh_bindings()
+
+    def action_resume_engine(self) -> None:
+        self.engine_state = "resuming…"
+        ack = self._submit(PauseEngine(False))
+        if not ack.ok:
+            self.engine_state = "paused"
+        elif ack.detail.startswith("already"):
+            self.engine_state = "running"
+        self._update_header()
+        self.refresh_bindings()
+
+    def action_pause_individual(self) -> None:
+        if (e := self.selected) is not None:
+            self._submit(PauseIndividual(e.id, True))
+
+    def action_resume_individual(self) -> None:
+        if (e := self.selected) is not None:
+            self._submit(PauseIndividual(e.id, False))
+
+    def action_promote(self) -> None:
+        if (e := self.selected) is not None:
+            self._submit(Promote(e.id))
+
+    def action_cull(self) -> None:
+        e = self.selected
+        if e is None:
+            return
+        body = (
+            f"{e.id} (generation {e.generation}, {e.status}) leaves the population now and "
+            "cannot come back; a child takes its place in the next generation."
+        )
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self._submit(Cull(e.id))
+
+        self.push_screen(ConfirmScreen(f"Cull {e.id}?", body, yes="Cull"), answer)
+
+    def action_export(self) -> None:
+        if (e := self.selected) is not None:
+            self._submit(ExportIndividual(e.id))
+
+    def action_sort(self) -> None:
+        column = self.board.cycle_sort()
+        self.notify(f"leaderboard sorted by {column}", timeout=1.5)
+
+    def action_show_tab(self, tab: str) -> None:
+        self.tabs.active = tab
+        focus = {"board": "#leaderboard", "log": "#event-log", "telemetry": "#telemetry-pane"}
+        if tab in focus:
+            self.screen_stack[0].query_one(focus[tab]).focus()
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.help_rows(), self.help_note()))
+
+    def help_rows(self) -> list[tuple[str, list[tuple[str, str]]]]:
+        """The help screen, from BINDINGS (one row per key; alternatives joined by " / ")."""
+        sections: dict[str, dict[str, list[str]]] = {
+            "Run": {},
+            "Selected individual": {},
+            "Views": {},
+        }
+        where = {"pause_engine": "Run", "resume_engine": "Run", "quit_app": "Run", "sort": "Views"}
+        where["help"] = "Views"
+        for b in self.BINDINGS:
+            assert isinstance(b, Binding)
+            if not b.description or b.action.startswith("show_tab") or b.key == "ctrl+q":
+                continue
+            what = b.tooltip or b.description
+            rows = sections[where.get(b.action, "Selected individual")]
+            rows.setdefault(b.key_display or b.key, [])
+            if what not in rows[b.key_display or b.key]:
+                rows[b.key_display or b.key].append(what)
+        out = [
+            (name, [(k, " / ".join(v)) for k, v in rows.items()]) for name, rows in sections.items()
+        ]
+        out[2][1].extend(self.EXTRA_KEYS)
+        return out
+
+    def help_note(self) -> str:
+        return (
+            "Keys that do not apply now are greyed out in the footer. A pause takes effect at "
+            "the workers' next step: the header says “pausing…” until the engine confirms."
+        )
+
+    def action_quit_app(self) -> None:
+        if not self.owns_run or self.finished is not None:
+            self.exit(self.exit_code())
+            return
+        if self.stopping:
+
+            def abort(yes: bool | None) -> None:
+                if yes:
+                    self.exit(self.exit_code())
+
+            self.push_screen(
+                ConfirmScreen(
+                    "Quit now?",
+                    "The engine is stopping after the work in flight. Quitting now interrupts "
+                    "it; the last complete generation stays resumable.",
+                    yes="Quit now",
+                ),
+                abort,
+            )
+            return
+
+        def answer(stop: bool | None) -> None:
+            if stop:
+                self.stop_run(exit_after=True)
+
+        run_dir = getattr(self.orch.run_dir, "path", self.orch.run_dir)
+        self.push_screen(
+            ConfirmScreen("Stop the run?", QUIT_BODY.format(run_dir=run_dir), yes="Stop the run"),
+            answer,
+        )
+
+    def stop_run(self, *, exit_after: bool = False) -> None:
+        if not self.started:  # the engine has not begun: cancel its start
+            self.workers.cancel_group(self, "engine")
+            if exit_after:
+                self.exit(self.exit_code())
+            return
+        self._submit(StopRun())
+        self.notify(
+            "after the work in flight; the window closes then (q again: quit at once)",
+            title="stopping",
+            timeout=6,
+        )
+        self.stopping = True
+        self._exit_on_finish = exit_after
+        self._update_header()
+        self.refresh_bindings()
+
+    def exit_code(self) -> int:
+        if self.finished is None:
+            return 130
+        return EXIT_CODES.get(self.finished.status, 1)
+
+    def exit(self, result: int | None = None, return_code: int = 0, message: Any = None) -> None:
+        self.farewell = self._farewell()
+        super().exit(result, return_code, message)
+
+    def _farewell(self) -> str:
+        run_dir = getattr(self.orch.run_dir, "path", self.orch.run_dir)
+        f = self.finished
+        if f is None:
+            return f"run interrupted; resume with: genesis-tui --resume {run_dir}"
+        if f.status == "completed":
+            text = f"run completed: champion {f.champion}"
+            if f.champion_fitness is not None:
+                text += f" (val loss {-f.champion_fitness:.4f})"
+            if f.export_dir:
+                text += f"\nchampion adapter: {f.export_dir}"
+            return text + f"\nrun directory: {run_dir}"
+        return f"run {f.status}: {f.reason}\nresume with: genesis-tui --resume {run_dir}"
+
+    # --- command palette --------------------------------------------------------------------
+
+    PALETTE = (
+        ("pause_engine", "Pause the engine", "workers stop at their next step"),
+        ("resume_engine", "Resume the engine", "workers go on"),
+        ("pause_individual", "Pause the selected individual", "not trained, scored or culled"),
+        ("resume_individual", "Resume the selected individual", ""),
+        ("promote", "Promote the selected individual", "survives into the next generation"),
+        ("cull", "Cull the selected individual", "asks first"),
+        ("export", "Export the selected individual", "PEFT adapter + mergekit recipe"),
+        ("sort", "Sort the leaderboard by the next column", ""),
+        ("help", "Keys", "every key and what it does"),
+        ("quit_app", "Quit", "asks before stopping a run this window owns"),
+    )
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        for cmd in super().get_system_commands(screen):
+            if cmd.title not in ("Quit", "Keys"):  # ours ask before stopping a run
+                yield cmd
+        for action, title, help_text in self.PALETTE:
+            if self.check_action(action, ()) is True:
+                yield SystemCommand(title, help_text, getattr(self, f"action_{action}"))
+        for tab, label in TABS:
+            yield SystemCommand(
+                f"Show {label.split(' ', 1)[1]}",
+                f"key {label.split(' ', 1)[0]}",
+                lambda tab=tab: self.action_show_tab(tab),
+            )

@@ -1,0 +1,137 @@
+"""The Log pane: engine events in words, warnings and errors, every command acknowledgement."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+
+from rich.text import Text
+from textual.widgets import RichLog
+
+from engine.events import (
+    CheckpointWritten,
+    CommandAck,
+    EnginePaused,
+    EvaluationFinished,
+    Event,
+    Exported,
+    GenerationFinished,
+    GenerationStarted,
+    IndividualUpdate,
+    Log,
+    ReferenceReport,
+    RunFinished,
+    RunStarted,
+    TrainFinished,
+    WorkerState,
+)
+
+LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
+
+
+def describe(e: Event) -> tuple[str, str] | None:
+    """(level, line) for an event worth a log line, else None (steps go to the Loss pane)."""
+    if isinstance(e, RunStarted):
+        what = (
+            f"resumed after generation {e.resumed_from}"
+            if e.resumed_from is not None
+            else "started"
+        )
+        return "info", (
+            f"run {e.profile} {what}: {e.generations} generations × {e.population_size} "
+            f"individuals, seed {e.seed} — {e.run_dir}"
+        )
+    if isinstance(e, RunFinished):
+        level = {"completed": "info", "stopped": "warning"}.get(e.status, "error")
+        text = f"run {e.status}"
+        if e.champion:
+            text += f": champion {e.champion} (val loss {-(e.champion_fitness or 0):.4f})"
+        if e.export_dir:
+            text += f" → {e.export_dir}"
+        if e.reason:
+            text += f" — {e.reason}"
+        return level, text
+    if isinstance(e, EnginePaused):
+        return "info", "engine paused" if e.paused else "engine resumed"
+    if isinstance(e, Log):
+        return e.level, e.message
+    if isinstance(e, WorkerState):
+        if e.state in ("busy", "idle"):
+            return None
+        level = "error" if e.state == "dead" else "info"
+        pid = f" pid {e.pid}" if e.pid else ""
+        return level, f"worker {e.worker} ({e.role}) on {e.device}{pid}: {e.state}" + (
+            f" — {e.detail}" if e.detail else ""
+        )
+    if isinstance(e, ReferenceReport):
+        who = "untrained student" if e.model == "student" else "teacher"
+        return (
+            "info",
+            f"{who}: val loss {e.val_loss:.4f} (ppl {e.perplexity:.2f}) in {e.seconds:.1f}s",
+        )
+    if isinstance(e, GenerationStarted):
+        return "info", f"generation {e.generation}: training {len(e.to_train)} individuals"
+    if isinstance(e, IndividualUpdate):
+        if e.status == "failed":
+            return "error", f"{e.id} failed: {e.reason}"
+        if e.status == "culled" and e.reason == "culled by the operator":
+            return "warning", f"{e.id} culled by the operator"
+        return None
+    if isinstance(e, TrainFinished):
+        rate = e.tokens / max(e.seconds, 1e-9)
+        return (
+            "info",
+            f"  trained {e.id} on {e.worker}: {e.steps} steps, loss {e.loss:.4f}, {rate:.0f} tok/s",
+        )
+    if isinstance(e, EvaluationFinished):
+        return "info", f"  evaluated {len(e.ids)} on {e.worker} in {e.seconds:.1f}s"
+    if isinstance(e, GenerationFinished):
+        return "info", (
+            f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
+            f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
+        )
+    if isinstance(e, CheckpointWritten):
+        return "info", f"  checkpoint: {e.path}"
+    if isinstance(e, Exported):
+        loss = "" if e.val_loss is None else f" (val loss {e.val_loss:.4f})"
+        return "info", f"exported {e.id} → {e.path}{loss}"
+    if isinstance(e, CommandAck):
+        what = " ".join(
+            [str(e.command.get("kind"))] + [f"{k}={v}" for k, v in e.command.items() if k != "kind"]
+        )
+        return (
+            "info" if e.ok else "error"
+        ), f"command {what}: {'ok' if e.ok else 'refused'} — {e.detail}"
+    return None
+
+
+class EventLog(RichLog):
+    def __init__(self, **kwargs) -> None:
+        super().__init__(max_lines=5000, wrap=True, markup=False, highlight=False, **kwargs)
+        self.lines_by_level = {"info": 0, "warning": 0, "error": 0}
+        self._failed: set[str] = set()
+        self.plain: deque[str] = deque(maxlen=5000)  # the text of each line, for tests and search
+        self.border_title = "Log"
+
+    def apply(self, events: Iterable[Event]) -> int:
+        """Write a line per event worth one; return how many were warnings or errors."""
+        alarms = 0
+        for e in events:
+            d = describe(e)
+            if d is None:
+                continue
+            level, line = d
+            # The engine reports a failed training twice (the status, then a Log line): once here.
+            if isinstance(e, IndividualUpdate) and e.status == "failed":
+                self._failed.add(e.id)
+            elif isinstance(e, Log) and any(line.startswith(f"{i} failed") for i in self._failed):
+                continue
+            self.lines_by_level[level] = self.lines_by_level.get(level, 0) + 1
+            alarms += level in ("warning", "error")
+            self.plain.append(line)
+            stamp = time.strftime("%H:%M:%S", time.localtime(e.ts))
+            tag = {"warning": "WARN ", "error": "ERROR "}.get(level, "")
+            style = LEVEL_STYLE.get(level, "")
+            self.write(Text.assemble((stamp + " ", "bright_black"), (tag, style), (line, style)))
+        return alarms
