@@ -140,6 +140,7 @@ class IndividualUpdate(Event):
     val_loss: float | None = None
     perplexity: float | None = None
     reason: str = ""
+    genome: dict[str, Any] = field(default_factory=dict)  # the whole genome (to_dict)
 
 
 @dataclass(frozen=True)
@@ -198,6 +199,20 @@ class Exported(Event):
     id: str
     path: str
     val_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class AudioSample(Event):
+    """A sample WAV written for an individual (the TTS track writes one per generation for the
+    champion); the TUI's audio pane shows and plays the selected individual's latest."""
+
+    kind: ClassVar[str] = "audio_sample"
+    id: str
+    generation: int
+    path: str  # a WAV file (soundfile can read it)
+    sample_rate: int
+    seconds: float
+    text: str = ""  # what it says, when known
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,7 @@ class Orchestrator:
                 ind.val_loss,
                 ind.perplexity,
                 ind.reason,
+                g.to_dict(),
             )
         )
 

@@ -1,9 +1,12 @@
-"""The terminal UI: one Textual app that runs the engine on its own event loop and shows it.
+"""The terminal UI: one Textual app that shows an engine and steers it, through a link.
 
-Events from the engine (``orch.subscribe``) are only buffered; a 0.1 s timer applies each batch
-to the panes, so the screen refreshes at most ten times a second however fast the engine talks.
-Commands go straight to ``orch.submit`` (on the loop's thread) and every acknowledgement shows
-in the Log pane. Telemetry is sampled in a daemon thread (``engine.telemetry``) and read here.
+The link (``genesis_tui.link``) is the engine's control socket — the engine runs in a process of
+its own, so closing this window or losing the SSH session never stops a run — or an engine in
+this process (tests), or a run's event log (``genesis-tui open``). Events from the link are only
+buffered; a 0.1 s timer applies each batch to the panes, so the screen refreshes at most ten
+times a second however fast the engine talks. Key presses become commands (``link.submit``);
+the engine acknowledges each with an event that shows in the Log pane. Telemetry is sampled in
+a daemon thread (``engine.telemetry``) and read here.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
 from rich.text import Text
 from textual import events, on, work
@@ -41,8 +44,9 @@ from engine.events import (
     WorkerState,
 )
 from engine.telemetry import TelemetrySampler
+from genesis_tui.link import Disconnected, Link, LocalLink
 from genesis_tui.widgets.audio_pane import AudioPane
-from genesis_tui.widgets.confirm_screen import ConfirmScreen
+from genesis_tui.widgets.confirm_screen import Choice, ChoiceScreen, ConfirmScreen
 from genesis_tui.widgets.details import IndividualDetails
 from genesis_tui.widgets.details_screen import DetailsScreen
 from genesis_tui.widgets.event_log import EventLog
@@ -61,12 +65,15 @@ TABS = (
 )
 EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 130}
 QUIT_BODY = (
-    "This window owns the run: quitting stops it.\n\n"
-    "Stop the run: the engine finishes the work in flight and stops; the last complete "
-    "generation stays resumable (genesis-tui --resume {run_dir}). The window closes when "
-    "the engine has stopped.\n\n"
-    "Detaching (closing the window and leaving the run going) is not possible yet: a later "
-    "version adds a control socket that a terminal can attach to."
+    "This window started the run.\n\n"
+    "Detach: close the window and leave the run going headless; come back with "
+    "genesis-tui attach {run_dir}\n\n"
+    "Stop: the engine finishes the work in flight and stops; the last complete generation "
+    "stays resumable (genesis-tui --resume {run_dir}). The window closes when it has stopped."
+)
+QUIT_BODY_LOCAL = (
+    "This window runs the engine itself: quitting stops the run. The engine finishes the work "
+    "in flight; the last complete generation stays resumable (genesis-tui --resume {run_dir})."
 )
 
 
@@ -85,20 +92,6 @@ def _start_resource_tracker() -> None:
         resource_tracker.ensure_running()
     finally:
         sys.stderr = saved
-
-
-class Engine(Protocol):
-    """What the app needs of an engine: the Orchestrator, or ``genesis_tui.fake.FakeEngine``."""
-
-    profile: Any
-    run_dir: Any
-    paused: bool
-
-    def subscribe(self, fn: Any) -> None: ...
-
-    def submit(self, command: Command) -> CommandAck: ...
-
-    async def run(self, *, resume: bool = False) -> RunFinished: ...
 
 
 class GenesisApp(App[int]):
@@ -128,29 +121,33 @@ class GenesisApp(App[int]):
         ("home", "back to the top row, which follows the best again"),
         ("enter", "its details: genome, lineage, loss history"),
         ("1 … 5", "Leaderboard, Loss, Telemetry, Audio, Log"),
+        ("a", "in the Audio pane: play / stop the selected individual's sample"),
         ("tab", "move the focus (on the tab bar ← → switch)"),
         ("ctrl+p", "command palette: every action by name"),
     )
 
     def __init__(
         self,
-        orch: Engine,
+        link: Any,
         *,
         resume: bool = False,
         sampler: TelemetrySampler | None = None,
-        owns_run: bool = True,
         flush_interval: float = 0.1,
     ) -> None:
+        """``link``: a ``genesis_tui.link`` link, or an engine object (Orchestrator, the tests'
+        FakeEngine) to drive in this process (``resume`` is then passed to its ``run``)."""
         super().__init__()
-        self.orch = orch
-        self.resume = resume
-        self.owns_run = owns_run
+        if not isinstance(link, Link):
+            link = LocalLink(link, resume=resume)
+        self.link: Link = link
+        self.owns_run = link.owns_run
         self.sampler = sampler if sampler is not None else TelemetrySampler()
         self.flush_interval = flush_interval
         self._pending: list[Event] = []
-        self.run_name = str(getattr(getattr(orch.profile, "run", None), "name", "run"))
+        profile = getattr(getattr(link, "engine", None), "profile", None)
+        self.run_name = str(getattr(getattr(profile, "run", None), "name", link.run_dir.name))
         self.generations: int | None = getattr(
-            getattr(orch.profile, "evolution", None), "generations", None
+            getattr(profile, "evolution", None), "generations", None
         )
         self.generation: int | None = None
         self.started = False
@@ -163,7 +160,9 @@ class GenesisApp(App[int]):
         self._telemetry_seq = 0
         self._exit_on_finish = False
         self.farewell = ""
-        orch.subscribe(self._on_event)
+        self.disconnected: str | None = None  # why the link to the engine is gone
+        self.detached = False
+        link.subscribe(self._on_event)
 
     # --- layout -----------------------------------------------------------------------------
 
@@ -190,24 +189,26 @@ class GenesisApp(App[int]):
         self.loss = self.query_one(LossPane)
         self.telemetry = self.query_one(TelemetryPane)
         self.event_log = self.query_one(EventLog)
+        self.audio = self.query_one(AudioPane)
         self.tabs = self.query_one(TabbedContent)
         self.run_header = self.query_one(RunHeader)
         self.side = self.query_one("#details-side", IndividualDetails)
         self.board.focus()
+        self.run_header.mode = self.link.mode
         self._update_header()
         self.sampler.start()
         self.set_interval(self.flush_interval, self._flush_events)
-        if self.owns_run:
-            self._drive_engine()
+        self._drive_link()
 
     def on_unmount(self) -> None:
         self.sampler.stop()
 
-    @work(exclusive=True, group="engine", exit_on_error=False, description="the engine's run")
-    async def _drive_engine(self) -> None:
+    @work(exclusive=True, group="engine", exit_on_error=False, description="the engine link")
+    async def _drive_link(self) -> None:
         try:
-            _start_resource_tracker()
-            await self.orch.run(resume=self.resume)
+            if isinstance(self.link, LocalLink):
+                _start_resource_tracker()
+            await self.link.run()
         except Exception as exc:  # the engine reports its own failures; this is a crash
             if self.finished is None:
                 self._on_event(RunFinished("failed", reason=f"the engine crashed: {exc!r}"))
@@ -233,6 +234,7 @@ class GenesisApp(App[int]):
                 self._apply_state(e)
             changed = board.apply(events)
             self.loss.apply(events)
+            self.audio.apply(events)
             telemetry = self.telemetry
             if telemetry.apply(events):
                 self.sampler.watch(telemetry.worker_pids())
@@ -260,7 +262,7 @@ class GenesisApp(App[int]):
             if e.resumed_from is not None:
                 self.generation = e.resumed_from
             if not self.stopping and self.engine_state == "starting…":
-                self.engine_state = "paused" if getattr(self.orch, "paused", False) else "running"
+                self.engine_state = "paused" if self.link.paused else "running"
         elif isinstance(e, GenerationStarted):
             self.generation = e.generation
         elif isinstance(e, GenerationFinished):
@@ -269,15 +271,29 @@ class GenesisApp(App[int]):
         elif isinstance(e, EnginePaused):
             if not self.stopping:
                 self.engine_state = "paused" if e.paused else "running"
+        elif isinstance(e, CommandAck) and e.command.get("kind") == "pause_engine":
+            # The engine's answer to space: refused, or it already was in that state.
+            paused = bool(e.command.get("paused", True))
+            if not e.ok and self.engine_state in ("pausing…", "resuming…"):
+                self.engine_state = "running" if paused else "paused"
+            elif e.ok and e.detail.startswith("already") and not self.stopping:
+                self.engine_state = "paused" if paused else "running"
         elif isinstance(e, RunFinished):
             self.finished = e
             self.engine_state = e.status
+            self.stopping = False
+        elif isinstance(e, Disconnected):
+            self.disconnected = e.reason
+            if self.finished is None:
+                self.engine_state = "disconnected"
             self.stopping = False
 
     def _phase(self) -> str:
         """What the engine is doing before the first individual shows (for the empty table)."""
         if self.finished is not None:
             return f"the run {self.finished.status} before any individual"
+        if self.disconnected is not None:
+            return self.disconnected
         if not self.started:
             return "starting the engine…"
         workers = self.telemetry.worker_info.values()
@@ -297,6 +313,8 @@ class GenesisApp(App[int]):
                 )
             elif isinstance(e, WorkerState) and e.state == "dead":
                 self.notify(e.detail or "", title=f"worker {e.worker} died", severity="error")
+            elif isinstance(e, Disconnected):
+                self.notify(e.reason, title="engine link lost", severity="error", timeout=12)
             elif isinstance(e, RunFinished):
                 severity = {"completed": "information", "stopped": "warning"}.get(e.status, "error")
                 text = e.reason or (f"champion {e.champion}" if e.champion else "")
@@ -329,10 +347,8 @@ class GenesisApp(App[int]):
         return board.selected if board is not None else None
 
     def _genome(self, ind_id: str) -> dict[str, Any] | None:
-        find = getattr(self.orch, "find", None)
-        ind = find(ind_id) if callable(find) else None
-        genome = getattr(ind, "genome", None)
-        return genome.to_dict() if hasattr(genome, "to_dict") else None
+        entry = self.board.entries.get(ind_id)
+        return dict(entry.genome) if entry is not None and entry.genome else None
 
     def _details_args(self, entry: Entry) -> tuple[Entry, list, dict[str, Any] | None]:
         return entry, self.board.lineage(entry.id), self._genome(entry.id)
@@ -341,6 +357,7 @@ class GenesisApp(App[int]):
         if not hasattr(self, "board"):
             return
         entry = self.selected
+        self.audio.show_for(entry.id if entry else None)  # cheap when unchanged
         if self.size.width >= 120:  # the wide layout shows the details column
             self.side.show(*(self._details_args(entry) if entry else (None,)))
         for screen in self.screen_stack:
@@ -369,7 +386,13 @@ class GenesisApp(App[int]):
 
     @property
     def run_active(self) -> bool:
-        return self.started and self.finished is None and not self.stopping
+        return (
+            self.started
+            and self.finished is None
+            and not self.stopping
+            and self.disconnected is None
+            and not self.link.read_only
+        )
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """True: enabled; None: shown greyed out (does not apply now); False: hidden."""
@@ -402,6 +425,10 @@ class GenesisApp(App[int]):
 
     def why_not(self, action: str) -> str:
         """Why ``action`` does not apply now, in a line (shown when its key is pressed anyway)."""
+        if self.link.read_only:
+            return "this run is open read-only"
+        if self.disconnected is not None:
+            return "not connected to the engine"
         if not self.started:
             return "the engine is still starting"
         if self.finished is not None:
@@ -440,28 +467,21 @@ class GenesisApp(App[int]):
 
     # --- actions ----------------------------------------------------------------------------
 
-    def _submit(self, command: Command) -> CommandAck:
-        return self.orch.submit(command)
+    def _submit(self, command: Command) -> None:
+        """To the engine; its answer comes back as a ``CommandAck`` event (shown in the log)."""
+        self.link.submit(command)
 
     def action_pause_engine(self) -> None:
-        self.engine_state = "pausing…"
-        ack = self._submit(PauseEngine(True))
-        if not ack.ok:
-            self.engine_state = "running"
-        elif ack.detail.startswith("already"):
-            self.engine_state = "paused"
+        self.engine_state = "pausing…"  # until the engine says paused (EnginePaused)
         self._update_header()
         self.refresh_bindings()
+        self._submit(PauseEngine(True))
 
     def action_resume_engine(self) -> None:
         self.engine_state = "resuming…"
-        ack = self._submit(PauseEngine(False))
-        if not ack.ok:
-            self.engine_state = "paused"
-        elif ack.detail.startswith("already"):
-            self.engine_state = "running"
         self._update_header()
         self.refresh_bindings()
+        self._submit(PauseEngine(False))
 
     def action_pause_individual(self) -> None:
         if (e := self.selected) is not None:
@@ -500,7 +520,12 @@ class GenesisApp(App[int]):
 
     def action_show_tab(self, tab: str) -> None:
         self.tabs.active = tab
-        focus = {"board": "#leaderboard", "log": "#event-log", "telemetry": "#telemetry-pane"}
+        focus = {
+            "board": "#leaderboard",
+            "log": "#event-log",
+            "telemetry": "#telemetry-pane",
+            "audio": "#audio-pane",
+        }
         if tab in focus:
             self.screen_stack[0].query_one(focus[tab]).focus()
 
@@ -538,39 +563,63 @@ class GenesisApp(App[int]):
         )
 
     def action_quit_app(self) -> None:
-        if not self.owns_run or self.finished is not None:
+        run_dir = self.link.run_dir
+        if self.finished is not None or self.disconnected is not None or self.link.read_only:
             self.exit(self.exit_code())
+            return
+        if not self.owns_run:  # attached to a run another process owns: leave it going
+            self.detach()
             return
         if self.stopping:
 
             def abort(yes: bool | None) -> None:
                 if yes:
-                    self.exit(self.exit_code())
+                    self.detach() if self.link.can_detach else self.exit(self.exit_code())
 
-            self.push_screen(
-                ConfirmScreen(
-                    "Quit now?",
-                    "The engine is stopping after the work in flight. Quitting now interrupts "
-                    "it; the last complete generation stays resumable.",
-                    yes="Quit now",
-                ),
-                abort,
+            body = (
+                "The engine is stopping after the work in flight; the last complete generation "
+                "stays resumable."
             )
+            if self.link.can_detach:
+                body += " Closing the window now leaves it to finish stopping on its own."
+            else:
+                body += " Quitting now interrupts it."
+            self.push_screen(ConfirmScreen("Quit now?", body, yes="Quit now"), abort)
             return
 
-        def answer(stop: bool | None) -> None:
-            if stop:
+        def answer(choice: str | None) -> None:
+            if choice == "stop":
                 self.stop_run(exit_after=True)
+            elif choice == "detach":
+                self.detach()
 
-        run_dir = getattr(self.orch.run_dir, "path", self.orch.run_dir)
-        self.push_screen(
-            ConfirmScreen("Stop the run?", QUIT_BODY.format(run_dir=run_dir), yes="Stop the run"),
-            answer,
-        )
+        if self.link.can_detach:
+            choices = [
+                Choice("s", "Stop the run", "stop", "error"),
+                Choice("d", "Detach", "detach", "primary"),
+                Choice("n", "Cancel", None),
+            ]
+            body = QUIT_BODY.format(run_dir=run_dir)
+        else:
+            choices = [Choice("s", "Stop the run", "stop", "error"), Choice("n", "Cancel", None)]
+            body = QUIT_BODY_LOCAL.format(run_dir=run_dir)
+        self.push_screen(ChoiceScreen("Quit", body, choices, focus=-1), answer)
+
+    def detach(self) -> None:
+        """Close the window; the run goes on in its own process."""
+        self.detached = True
+        self.link.detach()
+        self.exit(0)
 
     def stop_run(self, *, exit_after: bool = False) -> None:
         if not self.started:  # the engine has not begun: cancel its start
-            self.workers.cancel_group(self, "engine")
+            process = getattr(self.link, "process", None)
+            if process is not None and not getattr(self.link, "connected", False):
+                process.terminate()  # still loading: nothing of the run to keep yet
+            elif isinstance(self.link, LocalLink):
+                self.workers.cancel_group(self, "engine")
+            else:
+                self._submit(StopRun())
             if exit_after:
                 self.exit(self.exit_code())
             return
@@ -586,8 +635,10 @@ class GenesisApp(App[int]):
         self.refresh_bindings()
 
     def exit_code(self) -> int:
+        if self.detached or (self.link.read_only and self.finished is None):
+            return 0
         if self.finished is None:
-            return 130
+            return 1 if self.disconnected is not None else 130
         return EXIT_CODES.get(self.finished.status, 1)
 
     def exit(self, result: int | None = None, return_code: int = 0, message: Any = None) -> None:
@@ -595,9 +646,18 @@ class GenesisApp(App[int]):
         super().exit(result, return_code, message)
 
     def _farewell(self) -> str:
-        run_dir = getattr(self.orch.run_dir, "path", self.orch.run_dir)
+        run_dir = self.link.run_dir
         f = self.finished
+        if self.link.read_only:
+            return ""
+        if self.detached and f is None:
+            return (
+                f"detached; the run goes on ({run_dir}).\n"
+                f"attach again with: genesis-tui attach {run_dir}"
+            )
         if f is None:
+            if self.disconnected is not None:
+                return f"genesis-tui: {self.disconnected}"
             return f"run interrupted; resume with: genesis-tui --resume {run_dir}"
         if f.status == "completed":
             text = f"run completed: champion {f.champion}"

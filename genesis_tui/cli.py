@@ -9,7 +9,10 @@ from pathlib import Path
 
 EPILOG = """\
 examples:
-  genesis-tui --profile profiles/demo.toml --headless     run the embedded demo on this machine
+  genesis-tui --profile profiles/demo.toml                the terminal UI on a new run of the embedded demo
+  genesis-tui attach runs/demo-20261122-101500            the terminal UI on a run going on (headless or detached)
+  genesis-tui open runs/demo-20261122-101500              browse a finished or stopped run (read-only)
+  genesis-tui --profile profiles/demo.toml --headless     no UI: progress lines, then the leaderboard
   genesis-tui --profile profiles/medical-dual-gpu.toml --check
                                                           validate a profile and check this machine can run it
   genesis-tui --resume runs/demo-20261122-101500 --headless
@@ -29,6 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
+        "action",
+        nargs="?",
+        choices=["attach", "open"],
+        help="attach: the terminal UI on a running engine (quitting leaves it running); "
+        "open: browse a finished or stopped run from its event log",
+    )
+    p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run directory (attach, open)")
+    p.add_argument(
         "--profile", metavar="PROFILE.toml", help="the run's profile (TOML); see --help-profile"
     )
     p.add_argument(
@@ -37,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--headless",
         action="store_true",
-        help="no terminal UI: progress lines and a final leaderboard",
+        help="no terminal UI: progress lines and a final leaderboard (a UI can attach later)",
     )
     p.add_argument(
         "--check", action="store_true", help="validate the profile and this machine, start nothing"
@@ -81,19 +92,33 @@ def _main(args: argparse.Namespace) -> int:
     if args.help_profile:
         print(schema_help())
         return 0
+    if args.action:
+        return _browse(args)
+    if args.run_dir:
+        return _fail(
+            f"unexpected argument {args.run_dir!r}: a run directory goes after attach or open, "
+            "or after --resume."
+        )
     if args.profile and args.resume:
         return _fail("give either --profile (a new run) or --resume (an existing run), not both.")
     if not args.profile and not args.resume:
         build_parser().print_help(sys.stderr)
         return _fail(
-            "nothing to do: give --profile PROFILE.toml for a new run or --resume RUN_DIR to continue one."
+            "nothing to do: give --profile PROFILE.toml for a new run, --resume RUN_DIR to "
+            "continue one, or attach RUN_DIR / open RUN_DIR."
         )
 
+    from engine.control import engine_listening, socket_path
     from engine.models import preflight
     from engine.rundir import RunDir
 
     if args.resume:
         run = RunDir.open(Path(args.resume))
+        if engine_listening(socket_path(run.path)):
+            return _fail(
+                f"{run.path}: an engine is already running this run; attach to it with: "
+                f"genesis-tui attach {run.path}"
+            )
         profile = load_profile(run.profile_path)
     else:
         profile = load_profile(args.profile)
@@ -103,18 +128,16 @@ def _main(args: argparse.Namespace) -> int:
         print("profile is valid and this machine can run it.")
         return 0
     if not args.headless:
-        from engine.orchestrator import Orchestrator
+        _need_terminal("--headless")
         from genesis_tui.app import GenesisApp
+        from genesis_tui.link import SocketLink, spawn_engine
 
         if not args.resume:
             run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
-        app = GenesisApp(
-            Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
-        )
-        code = app.run()
-        if app.farewell:
-            print(app.farewell)
-        return code if code is not None else (app.return_code or 1)
+        # The engine runs in a process of its own: this window can close (or lose its SSH
+        # session) and the run goes on; quitting asks whether to stop it or detach.
+        process = spawn_engine(run.path, merge=args.merge)
+        return _run_app(GenesisApp(SocketLink(run.path, process=process)))
 
     from engine.orchestrator import Orchestrator
     from genesis_tui.headless import run_headless
@@ -124,6 +147,52 @@ def _main(args: argparse.Namespace) -> int:
     return run_headless(
         Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
     )
+
+
+def _browse(args: argparse.Namespace) -> int:
+    """``attach RUN_DIR`` and ``open RUN_DIR``."""
+    from engine.control import engine_listening, socket_path
+    from engine.rundir import RunDir
+
+    if not args.run_dir:
+        return _fail(f"{args.action} needs a run directory: genesis-tui {args.action} RUN_DIR")
+    if args.profile or args.resume or args.headless or args.check or args.merge:
+        return _fail(f"{args.action} RUN_DIR takes no other options.")
+    run = RunDir.open(Path(args.run_dir))
+    from genesis_tui.app import GenesisApp
+    from genesis_tui.link import ReplayLink, SocketLink
+
+    if args.action == "attach":
+        path = socket_path(run.path)
+        if not engine_listening(path):
+            return _fail(
+                f"{run.path}: no engine is running this run (nothing answers on {path}). "
+                f"Browse it with: genesis-tui open {run.path} — or continue it with: "
+                f"genesis-tui --resume {run.path}"
+            )
+        _need_terminal("")
+        return _run_app(GenesisApp(SocketLink(run.path)))
+    _need_terminal("")
+    return _run_app(GenesisApp(ReplayLink(run.path)))
+
+
+def _need_terminal(instead: str) -> None:
+    from engine.errors import GenesisError
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        hint = f"; without one, run with {instead}" if instead else ""
+        raise GenesisError(
+            f"the terminal UI needs a terminal (stdin and stdout are not one){hint}."
+        )
+
+
+def _run_app(app) -> int:
+    code = app.run()
+    if app.farewell:
+        print(
+            app.farewell, file=sys.stderr if app.farewell.startswith("genesis-tui:") else sys.stdout
+        )
+    return code if code is not None else (app.return_code or 1)
 
 
 def _summary(profile) -> str:

@@ -166,6 +166,19 @@ def champion_summary(orch: Orchestrator, finished: RunFinished) -> str:
 
 
 async def _run(orch: Orchestrator, view: HeadlessView, resume: bool) -> RunFinished:
+    from engine.control import ControlServer
+
+    # Listening before the engine publishes anything: an attached TUI replays the whole run.
+    server = ControlServer(orch, orch.run_dir.path, orch.run_dir.read_events())
+    await server.start()
+    view.line(f"terminal UI: genesis-tui attach {orch.run_dir.path}")
+    try:
+        return await _run_engine(orch, view, resume)
+    finally:
+        await server.close()
+
+
+async def _run_engine(orch: Orchestrator, view: HeadlessView, resume: bool) -> RunFinished:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     interrupts = 0

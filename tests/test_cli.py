@@ -92,3 +92,23 @@ def test_merge_flag_writes_a_merged_champion_that_transformers_loads(tiny_profil
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     merged = AutoModelForCausalLM.from_pretrained(run / "champion" / "merged", dtype=torch.float32)
     assert merged.config.num_hidden_layers == 2
+
+
+def test_attach_and_open_say_what_is_wrong_in_one_paragraph(tmp_path):
+    r = cli("attach")
+    assert r.returncode == 2 and "attach needs a run directory" in r.stderr
+    r = cli("open", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "no such run directory" in r.stderr
+    r = cli("attach", str(tmp_path))
+    assert r.returncode == 2 and "it has no profile.toml" in r.stderr
+    (tmp_path / "profile.toml").write_text("")
+    r = cli("attach", str(tmp_path))
+    assert r.returncode == 2 and "no engine is running this run" in r.stderr
+    assert f"genesis-tui open {tmp_path}" in r.stderr and f"--resume {tmp_path}" in r.stderr
+    r = cli("open", str(tmp_path))  # stdout is a pipe here, not a terminal
+    assert r.returncode == 2 and "the terminal UI needs a terminal" in r.stderr
+    r = cli("--profile", str(ROOT / "profiles" / "demo.toml"))
+    assert r.returncode == 2 and "needs a terminal" in r.stderr and "--headless" in r.stderr
+    for r in [cli("attach", str(tmp_path), "--headless"), cli("extra-arg")]:
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert not (tmp_path / "events.jsonl").exists()  # nothing written into the run directory

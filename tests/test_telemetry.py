@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fakes import FakeNvml
 
 from engine.telemetry import (
     GpuUnavailable,
@@ -18,7 +19,6 @@ from engine.telemetry import (
     clamp_interval,
     na,
 )
-from genesis_tui.fake import FakeNvml
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,15 +7,14 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import pytest
+from fakes import FakeEngine, FakeNvml
 from rich.console import Console
 
 from engine import events as ev
 from engine.telemetry import NvmlSource, TelemetrySampler
 from genesis_tui.app import GenesisApp
-from genesis_tui.fake import FakeEngine, FakeNvml
 from genesis_tui.widgets import audio_pane
-from genesis_tui.widgets.confirm_screen import ConfirmScreen
+from genesis_tui.widgets.confirm_screen import ChoiceScreen, ConfirmScreen
 from genesis_tui.widgets.details_screen import DetailsScreen
 from genesis_tui.widgets.event_log import EventLog
 from genesis_tui.widgets.gpu_row import GpuRow
@@ -337,12 +336,13 @@ async def test_quit_asks_then_stops_the_run():
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.started)
         await pilot.press("q")
-        assert isinstance(app.screen, ConfirmScreen)
+        assert isinstance(app.screen, ChoiceScreen) and app.screen.title_ == "Quit"
         body = str(app.screen.query_one("#confirm-body").content)
-        assert "Stop the run" in body and "control socket" in body and "not possible yet" in body
+        assert "runs the engine itself: quitting stops the run" in body
+        assert [c.value for c in app.screen.choices] == ["stop", None]  # no detach in-process
         await pilot.press("n")
         assert fake.commands == [] and app.is_running
-        await pilot.press("q", "y")
+        await pilot.press("q", "s")
         assert fake.commands == [ev.StopRun()]
         assert "stopping…" in header(app)
         assert enabled(app, "space") is False and enabled(app, "P") is False
@@ -432,43 +432,3 @@ async def test_telemetry_with_gpus_then_nvml_failing():
         assert "NVIDIA Fake H100" in line and "util  N/A" in line and "N/A/N/A W" in line
         assert "N/A" not in str(pane.query_one("#host-line").content)
         fake.hold_before_finish.set()
-
-
-# --- the real engine ------------------------------------------------------------------------
-
-
-@pytest.mark.slow
-async def test_end_to_end_against_the_real_engine(tiny_profile):
-    from engine.orchestrator import Orchestrator
-    from engine.profile import load_profile
-    from engine.rundir import RunDir
-
-    profile = load_profile(tiny_profile(training__steps_per_generation=60))
-    run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
-    orch = Orchestrator(profile, run)
-    app = GenesisApp(orch, sampler=sampler())
-    async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.query_one(LossPane).last is not None, 90, "training")
-        await pilot.press("space")
-        await until(pilot, lambda: "paused" in header(app) and "pausing" not in header(app), 10)
-        assert orch.paused
-        await pilot.press("space")
-        await until(pilot, lambda: "running" in header(app), 10)
-        assert not orch.paused
-        await until(pilot, lambda: app.finished is not None, 120, "RunFinished")
-        await pilot.pause(0.15)
-        assert app.finished.status == "completed", app.finished.reason
-        board = app.query_one(Leaderboard)
-        assert board.row_count >= profile.population.size
-        assert all(
-            e.fitness is not None
-            for e in board.entries.values()
-            if e.status in ("evaluated", "elite")
-        )
-        assert board.selected.id == app.finished.champion
-        assert "engine paused" in log_text(app) and "engine resumed" in log_text(app)
-        assert {w.state for w in app.query_one(TelemetryPane).worker_info.values()} == {"stopped"}
-        kinds = [e.kind for e in run.read_events()]
-        assert kinds.count("engine_paused") == 2 and kinds.count("command_ack") == 2
-        await pilot.press("q")
-    assert app.return_value == 0

@@ -26,12 +26,15 @@ from engine.events import (
     TrainFinished,
     WorkerState,
 )
+from genesis_tui.link import Disconnected
 
 LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
 
 
 def describe(e: Event) -> tuple[str, str] | None:
     """(level, line) for an event worth a log line, else None (steps go to the Loss pane)."""
+    if isinstance(e, Disconnected):
+        return "error", f"engine link lost: {e.reason}"
     if isinstance(e, RunStarted):
         what = (
             f"resumed after generation {e.resumed_from}"

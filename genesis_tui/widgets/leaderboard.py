@@ -76,6 +76,7 @@ class Entry:
     trained: bool = False
     losses: list[float] = field(default_factory=list)
     terms: dict[str, list[float]] = field(default_factory=dict)
+    genome: dict = field(default_factory=dict)
 
     @property
     def gone(self) -> bool:
@@ -161,6 +162,7 @@ class Leaderboard(DataTable):
                     trained=(old.trained if old else False) or e.fitness is not None,
                     losses=old.losses if old else [],
                     terms=old.terms if old else {},
+                    genome=dict(e.genome) or (old.genome if old else {}),
                 )
                 self.entries[e.id] = entry
                 changed.add(e.id)

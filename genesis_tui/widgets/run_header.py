@@ -15,6 +15,7 @@ STATE_STYLE = {
     "completed": "bold black on green",
     "stopped": "bold black on yellow",
     "failed": "bold white on red",
+    "disconnected": "bold white on red",
 }
 
 
@@ -25,6 +26,7 @@ class RunHeader(Widget):
         super().__init__(**kwargs)
         self.name_, self.generation, self.generations = "", None, None
         self.state, self.best = "starting…", ""
+        self.mode = ""  # "attached", "read-only": how this window reaches the run
 
     def show(
         self,
@@ -41,6 +43,8 @@ class RunHeader(Widget):
 
     def render(self) -> Text:
         left = Text.assemble(("Genesis Lab", "bold"), " · ", (self.name_, "bold cyan"))
+        if self.mode:
+            left.append(f" [{self.mode}]", style="bright_black")
         if self.generations:
             g = self.generation
             left.append(

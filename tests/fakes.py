@@ -224,6 +224,7 @@ class FakeEngine:
                 ind.val_loss,
                 ind.perplexity,
                 ind.reason,
+                g.to_dict(),
             )
         )
 
