@@ -72,6 +72,22 @@ def build_tiny_lab(root: Path, seed: int = 0) -> dict[str, Path]:
     return paths
 
 
+def demo_profile_text(out: Path, **over) -> str:
+    """The shipped demo profile (the embedded default), resolved to absolute paths, writing its
+    runs under ``out``; keyword ``section__key=value`` overrides single values."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    from engine.profile import load_profile
+
+    root = Path(__file__).resolve().parents[1]
+    sections = tomllib.loads(load_profile(root / "profiles" / "demo.toml").to_toml())
+    sections["run"]["output_dir"] = str(out)
+    return _profile_text(sections, over)
+
+
 def tiny_profile_text(lab: dict[str, Path], out: Path, **over) -> str:
     """A profile for the tiny lab; keyword ``section__key=value`` overrides single values."""
     sections = {
@@ -91,6 +107,10 @@ def tiny_profile_text(lab: dict[str, Path], out: Path, **over) -> str:
         "training": {"steps_per_generation": 3, "learning_rate": 5e-3},
         "devices": {"teacher": "cpu", "coliseum": ["cpu"], "threads_per_worker": 1},
     }
+    return _profile_text(sections, over)
+
+
+def _profile_text(sections: dict, over: dict) -> str:
     for key, value in over.items():
         sec, name = key.split("__")
         if value is None:
@@ -101,7 +121,8 @@ def tiny_profile_text(lab: dict[str, Path], out: Path, **over) -> str:
     for sec, kv in sections.items():
         lines.append(f"[{sec}]")
         for k, v in kv.items():
-            lines.append(f"{k} = {_toml(v)}")
+            if v is not None:
+                lines.append(f"{k} = {_toml(v)}")
         lines.append("")
     return "\n".join(lines)
 

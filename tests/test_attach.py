@@ -8,11 +8,13 @@ Unix socket; the last one runs the real engine as a background process, as ``gen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -264,22 +266,58 @@ async def test_open_browses_a_finished_run_read_only(tmp_path):
 # --- the real engine, in its own process ------------------------------------------------------
 
 
+def train_steps(run: RunDir) -> int:
+    return sum(1 for e in run.read_events() if isinstance(e, ev.TrainProgress))
+
+
 @pytest.mark.slow
-async def test_the_real_engine_runs_on_after_detach_and_a_second_window_attaches(tiny_profile):
+async def test_the_real_engine_on_the_demo_profile_pause_promote_detach_attach(tmp_path):
+    """The embedded default, cut to 4 individuals × 2 generations: the real engine process as
+    ``genesis-tui --profile`` starts it, steered from the UI, detached from and re-attached."""
+    from conftest import demo_profile_text
+
     from engine.profile import load_profile
 
-    profile = load_profile(tiny_profile(training__steps_per_generation=40))
+    path = tmp_path / "demo.toml"
+    path.write_text(
+        demo_profile_text(
+            tmp_path / "runs",
+            population__size=4,
+            evolution__elitism=1,
+            evolution__generations=2,
+            training__steps_per_generation=16,
+            data__max_val_examples=32,
+        )
+    )
+    profile = load_profile(path)
     run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
     proc = spawn_engine(run.path)
     try:
         app = GenesisApp(SocketLink(run.path, process=proc), sampler=sampler())
         async with app.run_test(size=SIZE) as pilot:
             board = app.query_one(Leaderboard)
-            await until(lambda: board.row_count > 0, 120, "the first individuals", pilot)
+            await until(
+                lambda: any(e.status == "training" for e in board.entries.values()),
+                120,
+                "training to start",
+                pilot,
+            )
+            await pilot.press("end")  # the last row: promote it, whatever its fitness
+            target = board.selected.id
+            await pilot.press("P")
+            await until(lambda: board.entries[target].status == "promoted", 20, "promote", pilot)
+
             await pilot.press("space")
             await until(lambda: "paused" in header(app) and "pausing" not in header(app), 20)
+            at_pause = train_steps(run)
+            await pilot.pause(2.0)
+            held = train_steps(run)
+            assert held - at_pause <= 1, "pause must stop training within one step"
+            await pilot.pause(1.5)
+            assert train_steps(run) == held, "a paused engine trains nothing"
             await pilot.press("space")
             await until(lambda: "running" in header(app), 20, "resumed", pilot)
+
             await pilot.press("q")
             assert isinstance(app.screen, ChoiceScreen)
             assert [c.value for c in app.screen.choices] == ["stop", "detach", None]
@@ -290,12 +328,13 @@ async def test_the_real_engine_runs_on_after_detach_and_a_second_window_attaches
 
         again = GenesisApp(SocketLink(run.path), sampler=sampler())
         async with again.run_test(size=SIZE) as pilot:
-            await until(lambda: again.finished is not None, 180, "the run to finish", pilot)
+            await until(lambda: again.finished is not None, 240, "the run to finish", pilot)
             await pilot.pause(0.15)
             assert again.finished.status == "completed", again.finished.reason
             board = again.query_one(Leaderboard)
             assert board.row_count >= profile.population.size
             assert board.selected.id == again.finished.champion
+            assert board.entries[target].status == "promoted"  # survived selection
             assert "engine paused" in log_text(again)  # the history before this window
             await pilot.press("q")
         assert again.return_value == 0
@@ -303,7 +342,69 @@ async def test_the_real_engine_runs_on_after_detach_and_a_second_window_attaches
     finally:
         if proc.poll() is None:
             proc.kill()
+    final = (run.path / "leaderboard.csv").read_text()
+    assert target in final  # in the last generation's population
     kinds = [e.kind for e in run.read_events()]
     assert kinds.count("engine_paused") == 2 and kinds[-1] == "run_finished"
     assert not socket_path(run.path).exists()
     assert "terminal UI: genesis-tui attach" in (run.path / "logs" / "engine.log").read_text()
+
+
+@pytest.mark.slow
+def test_a_lost_terminal_loses_nothing(tiny_profile, tmp_path):
+    """``genesis-tui --profile`` in a real pseudo-terminal; the SSH session drops (SIGHUP to the
+    UI): the engine goes on, and a new window attaches to it."""
+    import pty
+    import signal
+
+    master, slave = pty.openpty()
+    env = dict(os.environ, TERM="xterm-256color")
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "genesis_tui.cli", "--profile", str(tiny_profile())],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+    )
+    os.close(slave)
+
+    def drain() -> None:  # the terminal: read what the UI draws, so it never blocks writing
+        with contextlib.suppress(OSError):
+            while os.read(master, 65536):
+                pass
+
+    threading.Thread(target=drain, daemon=True).start()
+    runs = tmp_path / "runs"
+    try:
+        deadline = time.monotonic() + 60
+        while not (runs.exists() and any(runs.iterdir())):
+            assert time.monotonic() < deadline and ui.poll() is None
+            time.sleep(0.1)
+        run_dir = next(runs.iterdir())
+        while not engine_listening(socket_path(run_dir)):
+            assert time.monotonic() < deadline, "the engine never listened"
+            time.sleep(0.1)
+        os.kill(ui.pid, signal.SIGHUP)  # the SSH connection is gone
+        ui.wait(10)
+        time.sleep(0.5)
+        assert engine_listening(socket_path(run_dir)), "the engine must outlive its window"
+
+        async def reattach() -> list[ev.Event]:
+            link = SocketLink(run_dir)
+            got: list[ev.Event] = []
+            link.subscribe(got.append)
+            task = asyncio.ensure_future(link.run())
+            await until(lambda: link.hello is not None, 10)
+            await until(lambda: any(isinstance(e, ev.RunFinished) for e in got), 120)
+            link.detach()
+            await task
+            return got
+
+        got = asyncio.run(reattach())
+        finished = [e for e in got if isinstance(e, ev.RunFinished)]
+        assert finished[-1].status == "completed", finished[-1].reason
+    finally:
+        if ui.poll() is None:
+            ui.kill()
+        os.close(master)
