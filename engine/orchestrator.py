@@ -184,7 +184,7 @@ class Orchestrator:
             asyncio.get_running_loop().create_task(
                 self._export(ind, self.run_dir.path / "exports" / ind.id)
             )
-            return True, f"exporting {ind.id}"
+            return True, f"exporting {ind.id} (after the coliseum's job in flight)"
         return False, f"unknown command {cmd.kind}"
 
     async def _gate(self) -> None:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Iterable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 from rich.text import Text
 from textual import events, on, work
@@ -94,6 +95,13 @@ def _start_resource_tracker() -> None:
         sys.stderr = saved
 
 
+@dataclass(frozen=True)
+class _LogEnd(Event):
+    """UI-side only: a read-only replay has delivered the whole event log."""
+
+    kind: ClassVar[str] = "ui_log_end"
+
+
 class GenesisApp(App[int]):
     CSS_PATH = "app.tcss"
     TITLE = "Genesis Lab"
@@ -108,7 +116,7 @@ class GenesisApp(App[int]):
         Binding("e", "export", "export", tooltip="export its adapter (PEFT + mergekit recipe)"),
         Binding("s", "sort", "sort", show=False, tooltip="sort the leaderboard by the next column"),
         Binding("question_mark", "help", "help", key_display="?", tooltip="this help"),
-        Binding("q", "quit_app", "quit", tooltip="quit (asks before stopping the run); ctrl+q too"),
+        Binding("q", "quit_app", "quit", tooltip="quit: stop the run or detach from it (asks); ctrl+q too"),
         Binding("ctrl+q", "quit_app", "quit", show=False, priority=True, tooltip="quit, as q"),
         *(
             Binding(str(k), f"show_tab('{tab}')", label.split(" ", 1)[1], show=False)
@@ -209,6 +217,8 @@ class GenesisApp(App[int]):
             if isinstance(self.link, LocalLink):
                 _start_resource_tracker()
             await self.link.run()
+            if self.link.read_only:  # the whole log is in the buffer now
+                self._on_event(_LogEnd())
         except Exception as exc:  # the engine reports its own failures; this is a crash
             if self.finished is None:
                 self._on_event(RunFinished("failed", reason=f"the engine crashed: {exc!r}"))
@@ -261,7 +271,9 @@ class GenesisApp(App[int]):
             self.run_name = e.profile
             if e.resumed_from is not None:
                 self.generation = e.resumed_from
-            if not self.stopping and self.engine_state == "starting…":
+            # A run's log holds every session: a RunStarted after a RunFinished is a resume.
+            self.finished = None
+            if not self.stopping:
                 self.engine_state = "paused" if self.link.paused else "running"
         elif isinstance(e, GenerationStarted):
             self.generation = e.generation
@@ -282,6 +294,9 @@ class GenesisApp(App[int]):
             self.finished = e
             self.engine_state = e.status
             self.stopping = False
+        elif isinstance(e, _LogEnd):
+            if self.finished is None:  # the log stops without the run's end: killed, or going on
+                self.engine_state = "log ends"
         elif isinstance(e, Disconnected):
             self.disconnected = e.reason
             if self.finished is None:
@@ -680,7 +695,7 @@ class GenesisApp(App[int]):
         ("export", "Export the selected individual", "PEFT adapter + mergekit recipe"),
         ("sort", "Sort the leaderboard by the next column", ""),
         ("help", "Keys", "every key and what it does"),
-        ("quit_app", "Quit", "asks before stopping a run this window owns"),
+        ("quit_app", "Quit", "stop the run or detach from it (asks)"),
     )
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:

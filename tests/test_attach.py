@@ -408,3 +408,23 @@ def test_a_lost_terminal_loses_nothing(tiny_profile, tmp_path):
         if ui.poll() is None:
             ui.kill()
         os.close(master)
+
+
+async def test_a_resumed_run_reads_as_running_and_a_log_without_end_says_so(tmp_path):
+    (tmp_path / "profile.toml").write_text("# a run stopped, then resumed, then killed\n")
+    run = RunDir(tmp_path)
+    for e in (
+        ev.RunStarted(str(tmp_path), "demo", 0, 4, 8),
+        ev.GenerationStarted(0, []),
+        ev.RunFinished("stopped", reason="stopped by the operator"),
+        ev.RunStarted(str(tmp_path), "demo", 0, 4, 8, resumed_from=0),
+        ev.GenerationStarted(1, []),
+    ):
+        run.append_event(e)
+    run.close()
+    app = GenesisApp(ReplayLink(tmp_path), sampler=sampler())
+    async with app.run_test(size=SIZE) as pilot:
+        await until(lambda: "log ends" in header(app), 5, "the replay", pilot)
+        assert app.finished is None and "gen 1 (2 of 4)" in header(app)
+        await pilot.press("q")
+    assert app.return_value == 0

@@ -121,7 +121,7 @@ async def test_a_run_to_the_end_fills_every_pane(monkeypatch):
 
 
 async def test_space_pauses_then_resumes_the_engine():
-    app, fake = make(generations=1, steps=200, step_delay=0.01, pause_latency=0.3)
+    app, fake = make(generations=1, steps=200, step_delay=0.01, pause_latency=1.0)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.started and app.query_one(Leaderboard).row_count)
         assert app.check_action("resume_engine", ()) is False  # hidden while running
@@ -246,7 +246,7 @@ async def test_enter_opens_the_details_with_lineage_and_loss_history():
         text = plain(app.screen.query_one("#details-text").content)
         assert child.id in text and f"↑ {child.parents[0]}" in text
         assert "rank" in text and "targets  q_proj, v_proj" in text
-        assert f"{len(child.losses)} steps" in text and "kd: last" in text
+        assert f"step 4/4 ({len(child.losses)} readings)" in text and "kd: last" in text
         assert app.screen.query_one("#details-loss").data
         await pilot.press("escape")
         assert not isinstance(app.screen, DetailsScreen)

@@ -81,8 +81,10 @@ class IndividualDetails(Vertical):
         lines = Text("\n").join(rows)
         losses = entry.losses
         if losses:
+            done, total = entry.step
             lt = Text(
-                f"{len(losses)} steps · first {losses[0]:.4f} · last {losses[-1]:.4f} · min {min(losses):.4f}"
+                f"step {done}/{total} ({len(losses)} readings) · first {losses[0]:.4f} · "
+                f"last {losses[-1]:.4f} · min {min(losses):.4f}"
             )
             for k, vals in entry.terms.items():
                 if vals:

@@ -77,6 +77,7 @@ class Entry:
     losses: list[float] = field(default_factory=list)
     terms: dict[str, list[float]] = field(default_factory=dict)
     genome: dict = field(default_factory=dict)
+    step: tuple[int, int] = (0, 0)  # the last training step reported, of how many
 
     @property
     def gone(self) -> bool:
@@ -163,6 +164,7 @@ class Leaderboard(DataTable):
                     losses=old.losses if old else [],
                     terms=old.terms if old else {},
                     genome=dict(e.genome) or (old.genome if old else {}),
+                    step=old.step if old else (0, 0),
                 )
                 self.entries[e.id] = entry
                 changed.add(e.id)
@@ -170,6 +172,7 @@ class Leaderboard(DataTable):
                 entry = self.entries.get(e.id)
                 if entry is not None:
                     entry.losses.append(e.loss)
+                    entry.step = (e.step, e.steps)
                     for k, v in e.terms.items():
                         entry.terms.setdefault(k, []).append(v)
             elif isinstance(e, TrainFinished):

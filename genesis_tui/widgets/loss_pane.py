@@ -176,7 +176,9 @@ class LossPane(Vertical):
                 iter(self.series(self.previous).values()), ([], [])
             )
             if ys:
-                plt.plot(xs, ema(ys), label=self.previous, color="gray", marker="hd")
+                plt.plot(
+                    xs, ema(ys), label=f"{self.previous} (previous)", color="gray", marker="hd"
+                )
         for (name, (xs, ys)), color in zip(self.series().items(), TERM_COLORS, strict=False):
             if ys:
                 plt.plot(xs, ema(ys), label=name, color=color, marker="hd")

@@ -16,6 +16,7 @@ STATE_STYLE = {
     "stopped": "bold black on yellow",
     "failed": "bold white on red",
     "disconnected": "bold white on red",
+    "log ends": "bold black on yellow",
 }
 
 
