@@ -116,7 +116,12 @@ class GenesisApp(App[int]):
         Binding("e", "export", "export", tooltip="export its adapter (PEFT + mergekit recipe)"),
         Binding("s", "sort", "sort", show=False, tooltip="sort the leaderboard by the next column"),
         Binding("question_mark", "help", "help", key_display="?", tooltip="this help"),
-        Binding("q", "quit_app", "quit", tooltip="quit: stop the run or detach from it (asks); ctrl+q too"),
+        Binding(
+            "q",
+            "quit_app",
+            "quit",
+            tooltip="quit: stop the run or detach from it (asks); ctrl+q too",
+        ),
         Binding("ctrl+q", "quit_app", "quit", show=False, priority=True, tooltip="quit, as q"),
         *(
             Binding(str(k), f"show_tab('{tab}')", label.split(" ", 1)[1], show=False)
