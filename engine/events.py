@@ -202,6 +202,20 @@ class Exported(Event):
 
 
 @dataclass(frozen=True)
+class TeacherLogits(Event):
+    """The teacher's top-k log-probabilities for distillation: the whole training split into the
+    logit cache (``hit``: an existing cache was reused, no forward pass), or — online — the rows
+    one individual trains on."""
+
+    kind: ClassVar[str] = "teacher_logits"
+    rows: int
+    seconds: float
+    hit: bool = False
+    path: str | None = None  # the cache file
+    id: str | None = None  # the individual (online mode)
+
+
+@dataclass(frozen=True)
 class AudioSample(Event):
     """A sample WAV written for an individual (the TTS track writes one per generation for the
     champion); the TUI's audio pane shows and plays the selected individual's latest."""

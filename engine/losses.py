@@ -41,6 +41,29 @@ def cross_entropy(
 LOSSES: dict[str, LossFn] = {"ce": cross_entropy}
 
 
+def distillation(temperature: float, alpha: float, vocab: int) -> LossFn:
+    """KL(teacher_T ‖ student_T)·T² on the teacher's top-k (``batch["kd_logp"]``,
+    ``batch["kd_idx"]``) plus alpha × cross-entropy on the labels; both terms are reported."""
+    from engine.distill import kd_loss
+
+    def loss(
+        logits: torch.Tensor, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        sums, counts = token_losses(logits, batch["labels"])
+        ce = sums.sum() / counts.sum().clamp(min=1)
+        kd = kd_loss(
+            logits,
+            batch["kd_logp"],
+            batch["kd_idx"],
+            batch["labels"],
+            temperature=temperature,
+            vocab=vocab,
+        )
+        return kd + alpha * ce, {"kd": float(kd.detach()), "ce": float(ce.detach())}
+
+    return loss
+
+
 def get_loss(name: str, **_: Any) -> LossFn:
     try:
         return LOSSES[name]

@@ -108,6 +108,10 @@ def preflight(profile: Any) -> None:
         w = weights_problem(spec.model, spec.revision)
         if w:
             problems.append(f"[{role}] model: {w}")
+    if not problems and getattr(profile, "distilling", False):
+        t = tokenizer_problem(profile)
+        if t:
+            problems.append(t)
     if problems:
         source = getattr(profile, "source", "the profile")
         numbered = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
@@ -116,6 +120,37 @@ def preflight(profile: Any) -> None:
             "The profile itself is valid against the schema; "
             "run it on the machine it names, or copy it and change the devices and models."
         )
+
+
+def load_tokenizer(spec: Any) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    path = str(Path(spec.model).expanduser()) if is_local(spec.model) else spec.model
+    try:
+        return AutoTokenizer.from_pretrained(
+            path,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            local_files_only=True,
+        )
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the tokenizer of {spec.model}: {exc}") from exc
+
+
+def tokenizer_problem(profile: Any) -> str | None:
+    """Logit distillation compares the two models' next-token distributions token by token: it
+    needs one tokenizer. Two different vocabularies are a start-up error, never a KL."""
+    from engine.distill import same_tokenizer
+
+    student, teacher = load_tokenizer(profile.student), load_tokenizer(profile.teacher)
+    if same_tokenizer(student, teacher):
+        return None
+    return (
+        f'[distill] mode = "{profile.distill.mode}": the teacher\'s tokenizer ({profile.teacher.model}, '
+        f"{len(teacher)} tokens) is not the student's ({profile.student.model}, {len(student)} "
+        "tokens), and logit distillation compares the two models token by token — use a teacher "
+        'that shares the student\'s tokenizer, or set [distill] mode = "off"'
+    )
 
 
 def torch_dtype(name: str) -> torch.dtype:

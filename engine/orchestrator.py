@@ -44,6 +44,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
     StopRun,
+    TeacherLogits,
     TrainFinished,
     command_from_dict,
 )
@@ -86,6 +87,7 @@ class Orchestrator:
         self._resume_gate: asyncio.Event | None = None
         self._culled: set[str] = set()
         self.champion: Individual | None = None
+        self.kd_path: str | None = None  # the teacher's logit cache (distillation, cache mode)
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -322,10 +324,12 @@ class Orchestrator:
         adapter = _to_bytes(ind.tensors) if ind.tensors is not None else None
         steps = self.profile.training.steps_per_generation
 
+        kd_blob: bytes | None = None
+
         def task(job: int) -> m.TrainTask:
             ind.status = "training"
             self._update(ind)
-            return m.TrainTask(job, ind.id, genome, adapter, steps)
+            return m.TrainTask(job, ind.id, genome, adapter, steps, self.kd_path, kd_blob)
 
         def wanted() -> bool:
             return not (ind.paused or ind.id in self._culled or self.stop_requested)
@@ -334,6 +338,15 @@ class Orchestrator:
         if not wanted():
             return
         try:
+            if self.profile.distilling and not self.profile.distill.cache:
+                # Online distillation: the teacher scores exactly the rows this individual draws.
+                logits: m.LogitsDone = await self.pool.run(
+                    "teacher",
+                    lambda job: m.TeacherLogitsTask(job, seed=genome["seed"], steps=steps),
+                    wanted,
+                )
+                kd_blob = logits.blob
+                self.publish(TeacherLogits(logits.rows, logits.seconds, id=ind.id))
             done: m.TrainDone = await self.pool.run("coliseum", task, wanted)
         except JobCancelled:
             return
@@ -408,6 +421,17 @@ class Orchestrator:
                 "teacher", done.val_loss, math.exp(min(done.val_loss, 50.0)), done.seconds
             )
         )
+
+    async def _logit_cache(self) -> None:
+        """Distillation, cache mode: the teacher scores the training split once (or finds the
+        cache a previous run or session left); after this the teacher is idle."""
+        assert self.pool is not None
+        cache_dir = str(self.profile.logit_cache_dir())
+        done: m.LogitsDone = await self.pool.run(
+            "teacher", lambda job: m.TeacherLogitsTask(job, cache_dir=cache_dir)
+        )
+        self.kd_path = done.path
+        self.publish(TeacherLogits(done.rows, done.seconds, done.hit, done.path))
 
     async def _student_reference(self) -> None:
         """The untrained student's validation loss, scored by the coliseum like any individual."""
@@ -555,6 +579,8 @@ class Orchestrator:
                 await self._student_reference()
             if with_teacher and self.teacher_loss is None:
                 await self._teacher_reference()
+            if prof.distilling and prof.distill.cache:
+                await self._logit_cache()
             for gen in range(self.generation + 1, prof.evolution.generations):
                 await self._gate()
                 if self.stop_requested:

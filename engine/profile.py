@@ -372,6 +372,47 @@ class TrainingConfig(BaseModel):
     )
 
 
+class DistillConfig(BaseModel):
+    """[distill]"""
+
+    model_config = _CONFIG
+
+    mode: Literal["off", "logits"] = Field(
+        "off",
+        description="off = cross-entropy on the labels only; logits = learn the teacher's "
+        "temperature-softened next-token distribution (KL) plus alpha × cross-entropy — needs "
+        "[teacher] with the student's tokenizer",
+    )
+    temperature: float = Field(
+        2.0, gt=0, le=100, description="softening temperature T of both distributions (loss × T²)"
+    )
+    alpha: float = Field(
+        0.5, ge=0, le=100, description="weight of the cross-entropy term beside the KL term"
+    )
+    top_k: int = Field(
+        32,
+        ge=1,
+        le=1_000_000,
+        description="teacher probabilities kept per position (the rest is one tail bucket)",
+    )
+    cache: bool = Field(
+        True,
+        description="true = the teacher scores the training split once and every generation "
+        "(and a resumed run) reads the cache; false = online: the teacher scores each "
+        "individual's batches as it trains",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="where logit caches are kept, keyed by teacher, tokenizer, data, T and top_k "
+        "(default: .cache/logits under [run] output_dir)",
+    )
+
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _path(cls, v: Any, info: ValidationInfo) -> Any:
+        return _resolve(v, info)
+
+
 class DevicesConfig(BaseModel):
     """[devices]"""
 
@@ -419,6 +460,7 @@ _SECTION_DOC = {
     "evolution": "selection, crossover and mutation between generations",
     "training": "how each new individual is trained every generation",
     "devices": "where the teacher and the student workers (the coliseum) run; the only place devices are set",
+    "distill": "knowledge distillation from the teacher: the training loss and the teacher's logit cache",
 }
 
 
@@ -442,6 +484,9 @@ class Profile(BaseModel):
     )
     devices: DevicesConfig = Field(
         default_factory=DevicesConfig, description=_SECTION_DOC["devices"]
+    )
+    distill: DistillConfig = Field(
+        default_factory=DistillConfig, description=_SECTION_DOC["distill"]
     )
     source: Path = Field(Path("profile.toml"), description="the profile file (not a TOML key)")
 
@@ -487,9 +532,25 @@ class Profile(BaseModel):
                     key="load_in_4bit",
                 )
             )
+        if self.distill.mode != "off" and (t is None or not t.enabled):
+            problems.append(
+                _Problem(
+                    f'"{self.distill.mode}" distills from the teacher, and this profile has no teacher '
+                    '([teacher] is missing or enabled = false) — add a [teacher] or set mode = "off"',
+                    section="distill",
+                    key="mode",
+                )
+            )
         if problems:
             raise _Problems(problems)
         return self
+
+    @property
+    def distilling(self) -> bool:
+        return self.distill.mode != "off"
+
+    def logit_cache_dir(self) -> Path:
+        return self.distill.cache_dir or self.run.output_dir / ".cache" / "logits"
 
     # --- canonical TOML ----------------------------------------------------------------------------
 
@@ -520,6 +581,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "evolution": EvolutionConfig,
     "training": TrainingConfig,
     "devices": DevicesConfig,
+    "distill": DistillConfig,
 }
 
 
@@ -1173,6 +1235,8 @@ def schema_help() -> str:
         "Rules across sections:",
         "  [evolution] elitism must be less than [population] size; tournament_size at most [population] size.",
         "  load_in_4bit needs a cpu or cuda device (bitsandbytes does not serve mps).",
+        '  [distill] mode = "logits" needs an enabled [teacher] whose tokenizer is the student\'s',
+        "  (checked when the run starts: a KL across two vocabularies is never computed).",
         "  Device names (only in [devices]): cpu, cuda, cuda:N, mps.",
         "  A model written as a path (starting with '.', '/' or '~') must be an existing directory;",
         "  anything else is a Hugging Face hub id, looked up in the local cache when the run starts.",

@@ -32,6 +32,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
     StopRun,
+    TeacherLogits,
     TrainFinished,
     WorkerState,
 )
@@ -113,6 +114,13 @@ class HeadlessView:
                 f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
                 f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
             )
+        elif isinstance(e, TeacherLogits) and e.id is None:
+            if e.hit:
+                self.line(f"teacher logit cache reused ({e.rows} rows): {e.path}")
+            else:
+                self.line(
+                    f"teacher logit cache built: {e.rows} rows in {e.seconds:.1f}s → {e.path}"
+                )
         elif isinstance(e, CheckpointWritten):
             if not self.live:
                 self.line(f"  checkpoint: {e.path}")

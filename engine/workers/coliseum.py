@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.workers.common import load_split
@@ -53,6 +54,7 @@ class Coliseum:
         self.base_path = base.config.name_or_path or profile.student.model
         self.load_seconds = time.perf_counter() - t0
         self.torch = torch
+        self._kd_cache: tuple[str, dict[str, Any]] | None = None  # (path, tensors): the last one
 
     @property
     def ready_detail(self) -> str:
@@ -105,8 +107,40 @@ class Coliseum:
             return self.export(task)
         raise TypeError(f"coliseum cannot handle {type(task).__name__}")
 
+    def _teacher_topk(self, task: TrainTask) -> dict[str, Any] | None:
+        """The teacher's top-k for this task (cache file or online bytes), checked against this
+        worker's own tokenizer: a KL across two vocabularies is never computed."""
+        import json
+        import struct
+
+        from safetensors.torch import load as load_bytes
+
+        from engine.distill import load_cache, tokenizer_fingerprint
+        from engine.errors import DataError
+
+        if task.kd_path is not None:
+            if self._kd_cache is None or self._kd_cache[0] != task.kd_path:
+                tensors, meta = load_cache(Path(task.kd_path))
+                self._kd_cache = (task.kd_path, {**tensors, "meta": meta})
+            kd = self._kd_cache[1]
+        elif task.kd_blob is not None:
+            # The safetensors header: 8 bytes of length, then JSON with "__metadata__".
+            (n,) = struct.unpack("<Q", task.kd_blob[:8])
+            meta = json.loads(task.kd_blob[8 : 8 + n]).get("__metadata__", {})
+            kd = {**load_bytes(task.kd_blob), "meta": meta}
+        else:
+            return None
+        meta = kd["meta"]
+        if meta.get("tokenizer") != tokenizer_fingerprint(self.tokenizer):
+            raise DataError(
+                f"the teacher's logits ({meta.get('teacher', '?')}) use another tokenizer than the "
+                f"student ({self.profile.student.model}): logit distillation needs one vocabulary"
+            )
+        return kd
+
     def train(self, task: TrainTask) -> TrainDone:
-        from engine.losses import get_loss
+        from engine.distill import batch_indices, lookup
+        from engine.losses import distillation, get_loss
 
         torch, prof = self.torch, self.profile
         name = f"ind_{task.id}"
@@ -118,14 +152,23 @@ class Coliseum:
             opt = torch.optim.AdamW(
                 params, lr=task.genome["learning_rate"], weight_decay=prof.training.weight_decay
             )
-            loss_fn = get_loss(prof.training.loss)
-            gen = torch.Generator().manual_seed(task.genome["seed"])
+            kd = self._teacher_topk(task)
+            if kd is not None:
+                loss_fn = distillation(
+                    float(kd["meta"]["temperature"]),
+                    prof.distill.alpha,
+                    int(kd["meta"]["vocab"]),
+                )
+            else:
+                loss_fn = get_loss(prof.training.loss)
             torch.manual_seed(task.genome["seed"])  # dropout
             split, bs, accum = (
                 self.train_split,
                 prof.data.batch_size,
                 prof.training.gradient_accumulation,
             )
+            # The same rows, in the same order, as the teacher's online top-k was computed on.
+            draws = iter(batch_indices(task.genome["seed"], len(split), task.steps, accum, bs))
             every = max(1, task.steps // 10)
             losses: list[float] = []
             tokens = 0
@@ -135,12 +178,18 @@ class Coliseum:
                 step_loss = 0.0
                 terms: dict[str, float] = {}
                 for _ in range(accum):
-                    idx = torch.randint(len(split), (bs,), generator=gen)
+                    idx = next(draws)
                     batch = {
                         "input_ids": split.input_ids[idx].to(self.device),
                         "attention_mask": split.attention_mask[idx].to(self.device),
                         "labels": split.labels[idx].to(self.device),
                     }
+                    if kd is not None:
+                        logp, top = lookup(kd, idx)
+                        batch["kd_logp"], batch["kd_idx"] = (
+                            logp.to(self.device),
+                            top.to(self.device),
+                        )
                     logits = self.model(
                         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                     ).logits

@@ -20,6 +20,10 @@ class TrainTask:
     genome: dict[str, Any]
     adapter: bytes | None  # None: fresh PEFT initialisation seeded by the genome's seed
     steps: int
+    # Distillation (one of): the teacher's logit cache file, or (online) the teacher's top-k for
+    # exactly the rows this individual trains on, as safetensors bytes.
+    kd_path: str | None = None
+    kd_blob: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,18 @@ class ExportTask:
 @dataclass(frozen=True)
 class TeacherEvalTask:
     job: int
+
+
+@dataclass(frozen=True)
+class TeacherLogitsTask:
+    """The teacher's top-k log-probabilities on the training split: the whole split into the cache
+    directory (reused when a cache with the same key is already there), or — online, with
+    ``seed`` and ``steps`` — only the rows that one individual's training draws."""
+
+    job: int
+    cache_dir: str | None = None
+    seed: int | None = None
+    steps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,17 @@ class TeacherDone:
     val_loss: float
     tokens: int
     seconds: float
+
+
+@dataclass(frozen=True)
+class LogitsDone:
+    worker: str
+    job: int
+    path: str | None  # the cache file (cache mode)
+    blob: bytes | None  # the rows' top-k as safetensors bytes (online mode)
+    rows: int
+    seconds: float
+    hit: bool  # an existing cache was reused: the teacher ran no forward pass
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,19 @@
 """The teacher: a process that holds the teacher model on its own device.
 
-For now it measures the teacher's own validation loss — the target the students are compared to.
-The distillation issue adds logit computation and caching to the same process.
+It scores the validation split (the target the students are compared to) and, for distillation,
+computes its temperature-softened top-k log-probabilities on the training split: once for the whole
+split into a cache file that every generation and every resume reuses, or — online — for exactly
+the rows one individual trains on.
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from engine.workers.common import load_split
-from engine.workers.messages import TeacherDone, TeacherEvalTask
+from engine.workers.messages import LogitsDone, TeacherDone, TeacherEvalTask, TeacherLogitsTask
 
 
 class Teacher:
@@ -23,12 +26,37 @@ class Teacher:
         self.worker, self.device, self.profile = worker, device, profile
         self.model, self.tokenizer = load_causal_lm(profile.teacher, device)
         self.val_split = load_split(profile, "validation", self.tokenizer)
+        self._train_split: Any = None
         self.params = sum(p.numel() for p in self.model.parameters())
         self.load_seconds = time.perf_counter() - t0
 
     @property
     def ready_detail(self) -> str:
         return f"teacher {self.params / 1e6:.2f}M params, loaded in {self.load_seconds:.1f}s"
+
+    @property
+    def train_split(self) -> Any:
+        if self._train_split is None:  # only distillation needs it
+            self._train_split = load_split(self.profile, "train", self.tokenizer)
+        return self._train_split
+
+    @property
+    def vocab(self) -> int:
+        """The real vocabulary: padded embedding rows beyond the tokenizer's are never compared."""
+        return min(int(self.model.config.vocab_size), len(self.tokenizer))
+
+    def meta(self) -> dict[str, str]:
+        from engine.distill import tokenizer_fingerprint
+
+        d = self.profile.distill
+        return {
+            "teacher": str(self.profile.teacher.model),
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "temperature": repr(float(d.temperature)),
+            "top_k": str(d.top_k),
+            "vocab": str(self.vocab),
+            "rows": str(len(self.train_split)),
+        }
 
     def handle(self, task: Any) -> Any:
         if isinstance(task, TeacherEvalTask):
@@ -39,4 +67,61 @@ class Teacher:
                 self.model, self.val_split, self.profile.data.eval_batch_size, self.device
             )
             return TeacherDone(self.worker, task.job, loss, tokens, time.perf_counter() - t0)
+        if isinstance(task, TeacherLogitsTask):
+            return self.logits(task)
         raise TypeError(f"teacher cannot handle {type(task).__name__}")
+
+    def logits(self, task: TeacherLogitsTask) -> LogitsDone:
+        import torch
+        from safetensors.torch import save
+
+        from engine import distill
+        from engine.errors import DataError
+
+        t0 = time.perf_counter()
+        d, split = self.profile.distill, self.train_split
+        k = min(d.top_k, self.vocab)
+        kwargs = dict(
+            temperature=d.temperature,
+            k=k,
+            vocab=self.vocab,
+            batch_size=self.profile.data.eval_batch_size,
+            device=self.device,
+        )
+        if task.cache_dir is not None:
+            spec = self.profile.teacher
+            key = distill.cache_key(
+                teacher=f"{spec.model}@{spec.revision or ''}",
+                teacher_files=distill.model_files(spec.model),
+                tokenizer_fingerprint=distill.tokenizer_fingerprint(self.tokenizer),
+                input_ids=split.input_ids,
+                temperature=d.temperature,
+                k=k,
+                vocab=self.vocab,
+            )
+            path = Path(task.cache_dir) / f"{key}.safetensors"
+            if path.exists():
+                try:
+                    cache, _ = distill.load_cache(path)
+                    if len(cache["rows"]) == len(split):
+                        return LogitsDone(
+                            self.worker, task.job, str(path), None, len(split), 0.0, True
+                        )
+                except DataError:
+                    pass  # unreadable: computed again below and replaced atomically
+            cache = distill.teacher_topk(self.model, split, None, **kwargs)
+            distill.save_cache(path, cache, self.meta())
+            return LogitsDone(
+                self.worker, task.job, str(path), None, len(split), time.perf_counter() - t0, False
+            )
+        assert task.seed is not None and task.steps is not None
+        p = self.profile
+        drawn = distill.batch_indices(
+            task.seed, len(split), task.steps, p.training.gradient_accumulation, p.data.batch_size
+        )
+        rows = torch.unique(torch.cat(drawn)) if drawn else torch.zeros(0, dtype=torch.long)
+        part = distill.teacher_topk(self.model, split, rows, **kwargs)
+        blob = save({n: t.contiguous() for n, t in part.items()}, metadata=self.meta())
+        return LogitsDone(
+            self.worker, task.job, None, blob, len(rows), time.perf_counter() - t0, False
+        )

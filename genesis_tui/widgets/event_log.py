@@ -23,6 +23,7 @@ from engine.events import (
     ReferenceReport,
     RunFinished,
     RunStarted,
+    TeacherLogits,
     TrainFinished,
     WorkerState,
 )
@@ -35,6 +36,12 @@ def describe(e: Event) -> tuple[str, str] | None:
     """(level, line) for an event worth a log line, else None (steps go to the Loss pane)."""
     if isinstance(e, Disconnected):
         return "error", f"engine link lost: {e.reason}"
+    if isinstance(e, TeacherLogits):
+        if e.id is not None:
+            return None  # online: one per individual, visible as the teacher's busy time
+        if e.hit:
+            return "info", f"teacher logit cache reused ({e.rows} rows): {e.path}"
+        return "info", f"teacher logit cache built: {e.rows} rows in {e.seconds:.1f}s → {e.path}"
     if isinstance(e, RunStarted):
         what = (
             f"resumed after generation {e.resumed_from}"

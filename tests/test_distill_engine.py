@@ -1,0 +1,178 @@
+"""Distillation through the real engine: the teacher's logit cache (built once, then reused by
+every generation and by a later run), online mode giving the same run, and a teacher whose
+tokenizer differs from the student's stopping at start-up — never reaching a logit KL."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from engine import events as ev
+from engine.errors import DataError, ModelError
+from engine.models import preflight
+from engine.orchestrator import Orchestrator
+from engine.profile import load_profile
+from engine.rundir import RunDir
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def run_engine(path: Path) -> tuple[ev.RunFinished, list[ev.Event]]:
+    profile = load_profile(path)
+    run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+    finished = asyncio.run(Orchestrator(profile, run).run())
+    return finished, run.read_events()
+
+
+def distilled(tiny_profile, tmp_path: Path, **over) -> Path:
+    settings = {
+        "distill__mode": "logits",
+        "distill__temperature": 2.0,
+        "distill__alpha": 0.5,
+        "distill__top_k": 8,
+        "distill__cache_dir": str(tmp_path / "kd-cache"),
+        "training__steps_per_generation": 6,
+    }
+    return tiny_profile(**{**settings, **over})
+
+
+def teacher_busy_after_first_generation(events: list[ev.Event]) -> list[ev.Event]:
+    started = next(k for k, e in enumerate(events) if isinstance(e, ev.GenerationStarted))
+    return [
+        e
+        for e in events[started:]
+        if isinstance(e, ev.WorkerState) and e.worker == "teacher" and e.state == "busy"
+    ]
+
+
+def test_the_logit_cache_is_built_once_and_reused_and_online_gives_the_same_run(
+    tiny_profile, tmp_path
+):
+    first, events = run_engine(distilled(tiny_profile, tmp_path))
+    assert first.status == "completed", first.reason
+    built = [e for e in events if isinstance(e, ev.TeacherLogits)]
+    assert len(built) == 1 and not built[0].hit and built[0].rows == 240 and built[0].seconds > 0
+    assert Path(built[0].path).parent == tmp_path / "kd-cache"
+    terms = [e.terms for e in events if isinstance(e, ev.TrainProgress)]
+    assert terms and all(set(t) == {"kd", "ce"} and t["kd"] >= 0 for t in terms)
+    assert teacher_busy_after_first_generation(events) == []  # idle once the cache is built
+
+    second, events2 = run_engine(distilled(tiny_profile, tmp_path))  # a later run: same key
+    reused = [e for e in events2 if isinstance(e, ev.TeacherLogits)]
+    assert len(reused) == 1 and reused[0].hit and reused[0].seconds == 0.0
+    assert reused[0].path == built[0].path
+    assert second.champion == first.champion
+    assert second.champion_fitness == pytest.approx(first.champion_fitness, abs=1e-6)
+
+    online, events3 = run_engine(distilled(tiny_profile, tmp_path, distill__cache=False))
+    per_ind = [e for e in events3 if isinstance(e, ev.TeacherLogits)]
+    trained = [e for e in events3 if isinstance(e, ev.TrainFinished)]
+    assert per_ind and all(e.id is not None for e in per_ind) and len(per_ind) == len(trained)
+    assert teacher_busy_after_first_generation(events3)  # online: the teacher works every time
+    # The same top-k from the same teacher on the same rows: the same run.
+    assert online.champion == first.champion
+    assert online.champion_fitness == pytest.approx(first.champion_fitness, abs=1e-4)
+
+
+def test_kd_changes_training_against_ce_only(tiny_profile, tmp_path):
+    kd, _ = run_engine(distilled(tiny_profile, tmp_path, distill__alpha=0.0))
+    ce, _ = run_engine(tiny_profile(training__steps_per_generation=6))
+    assert kd.status == ce.status == "completed"
+    assert kd.champion_fitness != pytest.approx(ce.champion_fitness, abs=1e-6)
+
+
+@pytest.fixture
+def foreign_teacher(tiny_lab, tmp_path) -> Path:
+    """The tiny teacher with a tokenizer of a different vocabulary (one token more)."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "foreign-teacher"
+    shutil.copytree(tiny_lab["teacher"], out)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.add_tokens(["<foreign>"])
+    tok.save_pretrained(out)
+    return out
+
+
+def test_a_teacher_with_another_tokenizer_stops_at_start_up(
+    tiny_profile, tmp_path, foreign_teacher
+):
+    path = distilled(tiny_profile, tmp_path, teacher__model=str(foreign_teacher))
+    with pytest.raises(ModelError, match="is not the student's") as err:
+        preflight(load_profile(path))
+    assert "logit distillation compares the two models token by token" in str(err.value)
+    r = subprocess.run(
+        [sys.executable, "-m", "genesis_tui.cli", "--profile", str(path), "--headless"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "is not the student's" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists()  # nothing started, nothing written
+    assert not (tmp_path / "kd-cache").exists()
+    # Without distillation the same teacher is only a reference score: allowed.
+    preflight(load_profile(tiny_profile(teacher__model=str(foreign_teacher))))
+
+
+def test_the_coliseum_refuses_logits_of_another_tokenizer(tiny_lab, foreign_teacher):
+    """The last guard, in the worker: a cache whose tokenizer is not the student's never reaches
+    the KL, whatever the orchestrator sent."""
+    import torch
+    from safetensors.torch import save
+    from transformers import AutoTokenizer
+
+    from engine.distill import tokenizer_fingerprint
+    from engine.workers.coliseum import Coliseum
+    from engine.workers.messages import TrainTask
+
+    student_tok = AutoTokenizer.from_pretrained(tiny_lab["student"])
+    meta = {
+        "teacher": "foreign",
+        "tokenizer": tokenizer_fingerprint(AutoTokenizer.from_pretrained(foreign_teacher)),
+        "temperature": "2.0",
+        "vocab": "10",
+    }
+    blob = save(
+        {
+            "rows": torch.arange(2),
+            "logp": torch.zeros(2, 4, 1, dtype=torch.float16),
+            "idx": torch.zeros(2, 4, 1, dtype=torch.int32),
+        },
+        metadata=meta,
+    )
+    worker = SimpleNamespace(
+        tokenizer=student_tok,
+        profile=SimpleNamespace(student=SimpleNamespace(model="student")),
+        _kd_cache=None,
+    )
+    task = TrainTask(1, "g0-001", {}, None, 1, kd_blob=blob)
+    with pytest.raises(DataError, match="use another tokenizer than the student"):
+        Coliseum._teacher_topk(worker, task)
+    meta["tokenizer"] = tokenizer_fingerprint(student_tok)
+    ok = Coliseum._teacher_topk(
+        worker,
+        TrainTask(
+            1,
+            "x",
+            {},
+            None,
+            1,
+            kd_blob=save(
+                {
+                    "rows": torch.arange(2),
+                    "logp": torch.zeros(2, 4, 1, dtype=torch.float16),
+                    "idx": torch.zeros(2, 4, 1, dtype=torch.int32),
+                },
+                metadata=meta,
+            ),
+        ),
+    )
+    assert ok is not None and ok["meta"]["vocab"] == "10"
