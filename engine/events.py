@@ -216,6 +216,34 @@ class TeacherLogits(Event):
 
 
 @dataclass(frozen=True)
+class PruneReport(Event):
+    """The student was pruned before evolution (``prune_report.json`` in the run has every figure)."""
+
+    kind: ClassVar[str] = "prune_report"
+    path: str  # the pruned checkpoint the coliseum loads
+    removed: list[int]
+    blocks_before: int
+    blocks_after: int
+    params_before: int
+    params_after: int
+    perplexity_before: float
+    perplexity_after: float
+    tokens_per_s_before: float
+    tokens_per_s_after: float
+    reused: bool = False  # a resumed run found its pruned checkpoint
+
+    @property
+    def summary(self) -> str:
+        how = "pruning reused" if self.reused else "student pruned"
+        return (
+            f"{how}: blocks {self.blocks_before} → {self.blocks_after} (removed {self.removed}), "
+            f"params {self.params_before / 1e6:.2f}M → {self.params_after / 1e6:.2f}M, "
+            f"perplexity {self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
+            f"{self.tokens_per_s_before:.0f} → {self.tokens_per_s_after:.0f} tok/s"
+        )
+
+
+@dataclass(frozen=True)
 class AudioSample(Event):
     """A sample WAV written for an individual (the TTS track writes one per generation for the
     champion); the TUI's audio pane shows and plays the selected individual's latest."""

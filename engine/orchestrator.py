@@ -40,6 +40,7 @@ from engine.events import (
     PauseEngine,
     PauseIndividual,
     Promote,
+    PruneReport,
     ReferenceReport,
     RunFinished,
     RunStarted,
@@ -422,6 +423,64 @@ class Orchestrator:
             )
         )
 
+    async def _prune(self) -> Any:
+        """Prune the student once per run (a resumed run reuses ``pruned/``); returns the profile
+        whose student is the pruned checkpoint, for every worker to load."""
+        import json
+
+        out = self.run_dir.path / "pruned"
+        report_file = out / "prune_report.json"
+        reused = report_file.exists()
+        if reused:
+            report = json.loads(report_file.read_text())
+        else:
+            self.publish(
+                Log("info", f"pruning the student: {self.profile.prune.layers:.0%} of its blocks")
+            )
+            report = await asyncio.to_thread(self._prune_now, out)
+        self.publish(
+            PruneReport(
+                str(out),
+                list(report["removed"]),
+                report["blocks_before"],
+                report["blocks_after"],
+                report["params_before"],
+                report["params_after"],
+                report["perplexity_before"],
+                report["perplexity_after"],
+                report["tokens_per_s_before"],
+                report["tokens_per_s_after"],
+                reused,
+            )
+        )
+        student = self.profile.student.model_copy(update={"model": str(out), "revision": None})
+        return self.profile.model_copy(update={"student": student})
+
+    def _prune_now(self, out: Path) -> dict[str, Any]:
+        """In a thread of the orchestrator: load the student in full precision on the first
+        coliseum device, remove its blocks of lowest Block Influence, save the checkpoint."""
+        from engine.models import is_local, load_causal_lm
+        from engine.prune import prune_layers
+        from engine.workers.common import load_split
+
+        prof = self.profile
+        device = prof.devices.coliseum[0]
+        spec = prof.student.model_copy(update={"load_in_4bit": False})  # prune real weights
+        model, tokenizer = load_causal_lm(spec, device)
+        source = Path(spec.model).expanduser() if is_local(spec.model) else None
+        return prune_layers(
+            model,
+            tokenizer,
+            source,
+            out,
+            fraction=prof.prune.layers,
+            calibration=load_split(prof, "train", tokenizer),
+            validation=load_split(prof, "validation", tokenizer),
+            calibration_rows=prof.prune.calibration_rows,
+            batch_size=prof.data.eval_batch_size,
+            device=device,
+        )
+
     async def _logit_cache(self) -> None:
         """Distillation, cache mode: the teacher scores the training split once (or finds the
         cache a previous run or session left); after this the teacher is idle."""
@@ -566,6 +625,17 @@ class Orchestrator:
                 resumed_from,
             )
         )
+        if prof.prune.layers > 0:
+            try:
+                prof = self.profile = await self._prune()
+            except Exception as exc:  # a model that cannot be pruned: say why, start nothing
+                from engine.workers.common import describe
+
+                failed = RunFinished("failed", reason=f"pruning failed: {describe(exc)}")
+                self.publish(Log("error", failed.reason))
+                self.publish(failed)
+                self.run_dir.close()
+                return failed
         with_teacher = prof.teacher is not None and prof.teacher.enabled
         self.pool = WorkerPool(
             prof, self.publish, with_teacher=with_teacher, log_dir=self.run_dir.path / "logs"

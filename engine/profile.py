@@ -413,6 +413,23 @@ class DistillConfig(BaseModel):
         return _resolve(v, info)
 
 
+class PruneConfig(BaseModel):
+    """[prune]"""
+
+    model_config = _CONFIG
+
+    layers: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of the student's decoder blocks to remove before evolution, those of "
+        "lowest Block Influence (0 = no pruning; 0.25 of 8 blocks removes 2)",
+    )
+    calibration_rows: int = Field(
+        64, ge=1, le=1_000_000, description="training rows the Block Influence is measured on"
+    )
+
+
 class DevicesConfig(BaseModel):
     """[devices]"""
 
@@ -461,6 +478,7 @@ _SECTION_DOC = {
     "training": "how each new individual is trained every generation",
     "devices": "where the teacher and the student workers (the coliseum) run; the only place devices are set",
     "distill": "knowledge distillation from the teacher: the training loss and the teacher's logit cache",
+    "prune": "make the student lean before evolution: whole decoder blocks removed, then healed by the population",
 }
 
 
@@ -488,6 +506,7 @@ class Profile(BaseModel):
     distill: DistillConfig = Field(
         default_factory=DistillConfig, description=_SECTION_DOC["distill"]
     )
+    prune: PruneConfig = Field(default_factory=PruneConfig, description=_SECTION_DOC["prune"])
     source: Path = Field(Path("profile.toml"), description="the profile file (not a TOML key)")
 
     @model_validator(mode="after")
@@ -582,6 +601,7 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "training": TrainingConfig,
     "devices": DevicesConfig,
     "distill": DistillConfig,
+    "prune": PruneConfig,
 }
 
 

@@ -203,6 +203,17 @@ def _summary(profile) -> str:
         f"on {', '.join(profile.devices.coliseum)}; teacher {teacher}; population {profile.population.size} × "
         f"{profile.evolution.generations} generations, {profile.evolution.crossover} crossover; data "
         f"{profile.data.format} {profile.data.train}"
+        + (
+            f"; distillation {d.mode} (T {d.temperature}, alpha {d.alpha}, top-{d.top_k}, "
+            f"{'cached' if d.cache else 'online'})"
+            if (d := profile.distill).mode != "off"
+            else ""
+        )
+        + (
+            f"; prune {profile.prune.layers:.0%} of the student's blocks first"
+            if profile.prune.layers > 0
+            else ""
+        )
     )
 
 

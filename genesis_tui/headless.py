@@ -28,6 +28,7 @@ from engine.events import (
     GenerationStarted,
     IndividualUpdate,
     Log,
+    PruneReport,
     ReferenceReport,
     RunFinished,
     RunStarted,
@@ -114,6 +115,8 @@ class HeadlessView:
                 f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
                 f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
             )
+        elif isinstance(e, PruneReport):
+            self.line(e.summary)
         elif isinstance(e, TeacherLogits) and e.id is None:
             if e.hit:
                 self.line(f"teacher logit cache reused ({e.rows} rows): {e.path}")

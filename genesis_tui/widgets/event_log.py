@@ -20,6 +20,7 @@ from engine.events import (
     GenerationStarted,
     IndividualUpdate,
     Log,
+    PruneReport,
     ReferenceReport,
     RunFinished,
     RunStarted,
@@ -36,6 +37,8 @@ def describe(e: Event) -> tuple[str, str] | None:
     """(level, line) for an event worth a log line, else None (steps go to the Loss pane)."""
     if isinstance(e, Disconnected):
         return "error", f"engine link lost: {e.reason}"
+    if isinstance(e, PruneReport):
+        return "info", e.summary
     if isinstance(e, TeacherLogits):
         if e.id is not None:
             return None  # online: one per individual, visible as the teacher's busy time

@@ -1,0 +1,72 @@
+"""Layer pruning on the embedded default: perplexity unpruned / pruned / healed, size and speed.
+
+Runs the demo profile with ``[prune] layers`` (default 0.25: 2 of the student's 8 blocks, those of
+lowest Block Influence) and ``--generations`` generations of LoRA healing (default 1), then prints
+the figures of the run's prune_report.json beside the champion's validation perplexity.
+
+    python benchmarks/bench_prune.py [--layers 0.25] [--generations 1] [--size 8] [--steps 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    from conftest import demo_profile_text
+
+    from engine.orchestrator import Orchestrator
+    from engine.profile import parse_profile
+    from engine.rundir import RunDir
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=float, default=0.25)
+    ap.add_argument("--generations", type=int, default=1)
+    ap.add_argument("--size", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=30)
+    args = ap.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="bench-prune-"))
+    text = demo_profile_text(
+        out,
+        prune__layers=args.layers,
+        population__size=args.size,
+        evolution__generations=args.generations,
+        training__steps_per_generation=args.steps,
+    )
+    path = out / "prune.toml"
+    path.write_text(text)
+    profile = parse_profile(text, source=path)
+    run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+    finished = asyncio.run(Orchestrator(profile, run).run())
+    r = json.loads((run.path / "pruned" / "prune_report.json").read_text())
+    healed = math.exp(-finished.champion_fitness)
+    print(
+        f"\nremove {args.layers:.0%} of the blocks, then {args.generations} generation(s) of healing"
+    )
+    print(f"blocks {r['blocks_before']} → {r['blocks_after']} (removed {r['removed']})")
+    print("block influence: " + ", ".join(f"{b:.4f}" for b in r["block_influence"]))
+    print(f"parameters {r['params_before'] / 1e6:.3f}M → {r['params_after'] / 1e6:.3f}M")
+    print(f"safetensors bytes {r['bytes_before']} → {r['bytes_after']}")
+    print(f"forward tokens/s {r['tokens_per_s_before']:.0f} → {r['tokens_per_s_after']:.0f}")
+    print(
+        f"validation perplexity: unpruned {r['perplexity_before']:.2f} · pruned "
+        f"{r['perplexity_after']:.2f} · healed (champion {finished.champion}) {healed:.2f}"
+    )
+    print(f"run: {run.path}")
+
+
+if __name__ == "__main__":
+    main()
