@@ -459,10 +459,14 @@ class Orchestrator:
     def _prune_now(self, out: Path) -> dict[str, Any]:
         """In a thread of the orchestrator: load the student in full precision on the first
         coliseum device, remove its blocks of lowest Block Influence, save the checkpoint."""
+        import transformers
+
         from engine.models import is_local, load_causal_lm
         from engine.prune import prune_layers
         from engine.workers.common import load_split
 
+        transformers.logging.disable_progress_bar()  # bars would draw over the headless output
+        transformers.logging.set_verbosity_error()
         prof = self.profile
         device = prof.devices.coliseum[0]
         spec = prof.student.model_copy(update={"load_in_4bit": False})  # prune real weights

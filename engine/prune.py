@@ -78,6 +78,17 @@ def remove_blocks(model: Any, drop: list[int]) -> None:
     cfg.num_hidden_layers = len(kept)
 
 
+def _stored_dtype(source_dir: Path | None) -> torch.dtype | None:
+    """The dtype a local checkpoint's weights are stored in (its config.json says)."""
+    if source_dir is None or not (Path(source_dir) / "config.json").is_file():
+        return None
+    cfg = json.loads((Path(source_dir) / "config.json").read_text())
+    name = cfg.get("dtype") or cfg.get("torch_dtype")
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(
+        str(name)
+    )
+
+
 def _dir_size(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*.safetensors"))
 
@@ -129,6 +140,9 @@ def prune_layers(
     out_dir = Path(out_dir)
     tmp = out_dir.parent / f".{out_dir.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    stored = _stored_dtype(source_dir)
+    if stored is not None:  # saved as the source was (the profile may load bf16 as float32)
+        model.to(stored)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     report = {
