@@ -4,7 +4,8 @@ Runs the demo profile with ``[prune] layers`` (default 0.25: 2 of the student's 
 lowest Block Influence) and ``--generations`` generations of LoRA healing (default 1), then prints
 the figures of the run's prune_report.json beside the champion's validation perplexity.
 
-    python benchmarks/bench_prune.py [--layers 0.25] [--generations 1] [--size 8] [--steps 30]
+    python benchmarks/bench_prune.py [--layers 0.25] [--width 0] [--importance magnitude]
+                                     [--generations 1] [--size 8] [--steps 30]
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=float, default=0.25)
+    ap.add_argument("--width", type=float, default=0.0, help="fraction of MLP channels")
+    ap.add_argument("--importance", default="magnitude", choices=["magnitude", "taylor"])
     ap.add_argument("--generations", type=int, default=1)
     ap.add_argument("--size", type=int, default=8)
     ap.add_argument("--steps", type=int, default=30)
@@ -42,6 +45,8 @@ def main() -> None:
     text = demo_profile_text(
         out,
         prune__layers=args.layers,
+        prune__width=args.width,
+        prune__importance=args.importance,
         population__size=args.size,
         evolution__generations=args.generations,
         training__steps_per_generation=args.steps,
@@ -57,6 +62,8 @@ def main() -> None:
         f"\nremove {args.layers:.0%} of the blocks, then {args.generations} generation(s) of healing"
     )
     print(f"blocks {r['blocks_before']} → {r['blocks_after']} (removed {r['removed']})")
+    if r.get("mlp_width_after") is not None:
+        print(f"MLP width {r['mlp_width_before']} → {r['mlp_width_after']} ({args.importance})")
     print("block influence: " + ", ".join(f"{b:.4f}" for b in r["block_influence"]))
     print(f"parameters {r['params_before'] / 1e6:.3f}M → {r['params_after'] / 1e6:.3f}M")
     print(f"safetensors bytes {r['bytes_before']} → {r['bytes_after']}")

@@ -231,12 +231,20 @@ class PruneReport(Event):
     tokens_per_s_before: float
     tokens_per_s_after: float
     reused: bool = False  # a resumed run found its pruned checkpoint
+    mlp_width_before: int | None = None  # MLP channels per block, when width-pruned
+    mlp_width_after: int | None = None
 
     @property
     def summary(self) -> str:
         how = "pruning reused" if self.reused else "student pruned"
+        width = (
+            f"MLP width {self.mlp_width_before} → {self.mlp_width_after}, "
+            if self.mlp_width_after is not None
+            else ""
+        )
         return (
             f"{how}: blocks {self.blocks_before} → {self.blocks_after} (removed {self.removed}), "
+            f"{width}"
             f"params {self.params_before / 1e6:.2f}M → {self.params_after / 1e6:.2f}M, "
             f"perplexity {self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
             f"{self.tokens_per_s_before:.0f} → {self.tokens_per_s_after:.0f} tok/s"

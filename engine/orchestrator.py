@@ -434,8 +434,13 @@ class Orchestrator:
         if reused:
             report = json.loads(report_file.read_text())
         else:
+            p = self.profile.prune
             self.publish(
-                Log("info", f"pruning the student: {self.profile.prune.layers:.0%} of its blocks")
+                Log(
+                    "info",
+                    f"pruning the student: {p.layers:.0%} of its blocks, {p.width:.0%} of its "
+                    "MLP channels",
+                )
             )
             report = await asyncio.to_thread(self._prune_now, out)
         self.publish(
@@ -451,6 +456,8 @@ class Orchestrator:
                 report["tokens_per_s_before"],
                 report["tokens_per_s_after"],
                 reused,
+                report.get("mlp_width_before"),
+                report.get("mlp_width_after"),
             )
         )
         student = self.profile.student.model_copy(update={"model": str(out), "revision": None})
@@ -478,6 +485,8 @@ class Orchestrator:
             source,
             out,
             fraction=prof.prune.layers,
+            width=prof.prune.width,
+            importance=prof.prune.importance,
             calibration=load_split(prof, "train", tokenizer),
             validation=load_split(prof, "validation", tokenizer),
             calibration_rows=prof.prune.calibration_rows,
@@ -629,7 +638,7 @@ class Orchestrator:
                 resumed_from,
             )
         )
-        if prof.prune.layers > 0:
+        if prof.prune.active:
             try:
                 prof = self.profile = await self._prune()
             except Exception as exc:  # a model that cannot be pruned: say why, start nothing

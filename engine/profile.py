@@ -425,9 +425,28 @@ class PruneConfig(BaseModel):
         description="fraction of the student's decoder blocks to remove before evolution, those of "
         "lowest Block Influence (0 = no pruning; 0.25 of 8 blocks removes 2)",
     )
-    calibration_rows: int = Field(
-        64, ge=1, le=1_000_000, description="training rows the Block Influence is measured on"
+    width: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of every remaining block's MLP channels to remove (Torch-Pruning; "
+        "0 = none); attention and the residual width stay whole",
     )
+    importance: Literal["magnitude", "taylor"] = Field(
+        "magnitude",
+        description="how MLP channels are ranked: weight magnitude, or Taylor (|w · dL/dw| on the "
+        "calibration rows)",
+    )
+    calibration_rows: int = Field(
+        64,
+        ge=1,
+        le=1_000_000,
+        description="training rows Block Influence (and Taylor importance) are measured on",
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.layers > 0 or self.width > 0
 
 
 class DevicesConfig(BaseModel):

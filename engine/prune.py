@@ -1,4 +1,5 @@
-"""Pruning the student before evolution: remove whole decoder blocks ranked by Block Influence.
+"""Pruning the student before evolution: whole decoder blocks ranked by Block Influence, then
+(optionally) MLP channels with Torch-Pruning.
 
 Block Influence (BI, as in "ShortGPT", Men et al. 2024) of block i is 1 − the mean cosine similarity
 between its input and output hidden states over the calibration tokens: a block that barely
@@ -7,8 +8,9 @@ removed, the layer indices of the rest renumbered, ``num_hidden_layers`` (and ``
 where the config has it) updated, and the result saved as a standard transformers checkpoint that
 ``from_pretrained`` loads. Then the LoRA population heals it.
 
-Written here rather than taken from a library: Torch-Pruning prunes channels inside layers (the
-width pruning of the issue), not whole blocks, and the block surgery is a few lines on
+Width pruning uses Torch-Pruning's dependency graph (gate/up/down projections of each MLP pruned
+together). Block removal is written here rather than taken from a library: Torch-Pruning prunes
+channels inside layers, not whole blocks, and the block surgery is a few lines on
 ``model.model.layers``. Every figure of the report — parameters, file size, validation
 perplexity, tokens per second — is measured before and after on the same data.
 """
@@ -78,6 +80,72 @@ def remove_blocks(model: Any, drop: list[int]) -> None:
     cfg.num_hidden_layers = len(kept)
 
 
+def prune_mlp_width(
+    model: Any,
+    calibration: Any,
+    fraction: float,
+    *,
+    importance: str,
+    calibration_rows: int,
+    batch_size: int,
+    device: str,
+) -> tuple[int, int]:
+    """Remove ``fraction`` of every block's MLP channels (the intermediate dimension shared by
+    gate/up/down projections) with Torch-Pruning's dependency graph; importance by weight
+    magnitude or by Taylor (|w·∂L/∂w| on calibration batches). The residual width, the attention
+    and the embeddings are left whole, so the config changes only in ``intermediate_size``.
+    Returns (intermediate size before, after)."""
+    import torch_pruning as tp
+
+    layers = decoder_layers(model)
+    before = int(layers[0].mlp.gate_proj.out_features)
+    ignored: list[torch.nn.Module] = [model.get_output_embeddings()]
+    norms: list[tuple[torch.nn.Parameter, int]] = []
+    for layer in layers:
+        attn = layer.self_attn
+        ignored += [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, layer.mlp.down_proj]
+        norms += [(layer.input_layernorm.weight, 0), (layer.post_attention_layernorm.weight, 0)]
+    norms.append((model.model.norm.weight, 0))
+    example = {
+        "input_ids": calibration.input_ids[: min(2, len(calibration))].to(device),
+        "attention_mask": calibration.attention_mask[: min(2, len(calibration))].to(device),
+    }
+    if importance == "taylor":
+        imp: Any = tp.importance.GroupTaylorImportance()
+    else:
+        imp = tp.importance.GroupMagnitudeImportance(p=2)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example_inputs=example,
+        forward_fn=lambda m, inputs: m(**inputs, use_cache=False).logits,
+        importance=imp,
+        pruning_ratio=fraction,
+        ignored_layers=ignored,
+        unwrapped_parameters=norms,
+        root_module_types=[torch.nn.Linear],
+    )
+    if importance == "taylor":
+        from engine.losses import token_losses
+
+        model.zero_grad(set_to_none=True)
+        for start in range(0, min(calibration_rows, len(calibration)), batch_size):
+            stop = min(start + batch_size, calibration_rows, len(calibration))
+            logits = model(
+                input_ids=calibration.input_ids[start:stop].to(device),
+                attention_mask=calibration.attention_mask[start:stop].to(device),
+                use_cache=False,
+            ).logits
+            sums, counts = token_losses(logits, calibration.labels[start:stop].to(device))
+            (sums.sum() / counts.sum().clamp(min=1)).backward()
+    pruner.step()
+    model.zero_grad(set_to_none=True)
+    after = int(layers[0].mlp.gate_proj.out_features)
+    if any(int(layer.mlp.gate_proj.out_features) != after for layer in layers):
+        raise ValueError("width pruning left blocks of different MLP widths")  # config needs one
+    model.config.intermediate_size = after
+    return before, after
+
+
 def _stored_dtype(source_dir: Path | None) -> torch.dtype | None:
     """The dtype a local checkpoint's weights are stored in (its config.json says)."""
     if source_dir is None or not (Path(source_dir) / "config.json").is_file():
@@ -114,25 +182,40 @@ def prune_layers(
     out_dir: Path,
     *,
     fraction: float,
+    width: float = 0.0,
+    importance: str = "magnitude",
     calibration: Any,
     validation: Any,
     calibration_rows: int,
     batch_size: int,
     device: str,
 ) -> dict[str, Any]:
-    """Remove ``round(fraction × blocks)`` blocks of lowest BI from ``model`` (in place), save it to
+    """Remove ``round(fraction × blocks)`` blocks of lowest BI from ``model`` (in place; none when
+    ``fraction`` is 0), then ``width`` of every remaining block's MLP channels; save it to
     ``out_dir`` (written whole: a temporary directory, then a rename) and report before/after."""
     from engine.losses import validation_loss
 
     n = len(decoder_layers(model))
-    k = min(n - 1, max(1, round(fraction * n)))
+    k = min(n - 1, max(1, round(fraction * n))) if fraction > 0 else 0
     params_before = sum(p.numel() for p in model.parameters())
     loss_before, _ = validation_loss(model, validation, batch_size, device)
     tps_before = tokens_per_second(model, validation, batch_size, device)
     t0 = time.perf_counter()
     scores = block_influence(model, calibration, calibration_rows, batch_size, device)
     drop = sorted(sorted(range(n), key=lambda i: (scores[i], i))[:k])
-    remove_blocks(model, drop)
+    if drop:
+        remove_blocks(model, drop)
+    mlp = (None, None)
+    if width > 0:
+        mlp = prune_mlp_width(
+            model,
+            calibration,
+            width,
+            importance=importance,
+            calibration_rows=calibration_rows,
+            batch_size=batch_size,
+            device=device,
+        )
     seconds = time.perf_counter() - t0
     loss_after, _ = validation_loss(model, validation, batch_size, device)
     tps_after = tokens_per_second(model, validation, batch_size, device)
@@ -146,7 +229,9 @@ def prune_layers(
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     report = {
-        "method": "block_influence",
+        "method": "block_influence" + (f" + mlp width ({importance})" if width > 0 else ""),
+        "mlp_width_before": mlp[0],
+        "mlp_width_after": mlp[1],
         "blocks_before": n,
         "blocks_after": n - k,
         "removed": drop,

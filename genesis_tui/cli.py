@@ -210,8 +210,9 @@ def _summary(profile) -> str:
             else ""
         )
         + (
-            f"; prune {profile.prune.layers:.0%} of the student's blocks first"
-            if profile.prune.layers > 0
+            f"; prune {profile.prune.layers:.0%} of the student's blocks and "
+            f"{profile.prune.width:.0%} of its MLP channels first"
+            if profile.prune.active
             else ""
         )
     )

@@ -123,3 +123,42 @@ def test_a_run_prunes_its_student_first_and_a_resume_reuses_it(tiny_profile):
     assert again.status == "completed"
     reused = [e for e in RunDir.open(run.path).read_events() if isinstance(e, ev.PruneReport)]
     assert len(reused) == 2 and reused[-1].reused and reused[-1].removed == r.removed
+
+
+@pytest.mark.parametrize("importance", ["magnitude", "taylor"])
+def test_width_pruning_removes_mlp_channels_with_torch_pruning(tmp_path, importance):
+    from tokenizers import Tokenizer, models
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(
+            models.WordLevel({f"t{i}": i for i in range(64)}, unk_token="t0")
+        )
+    )
+    model, split = tiny_llama(4), Split()
+    report = prune_layers(
+        model,
+        tok,
+        None,
+        tmp_path / "pruned",
+        fraction=0.25,
+        width=0.5,
+        importance=importance,
+        calibration=split,
+        validation=split,
+        calibration_rows=6,
+        batch_size=4,
+        device="cpu",
+    )
+    assert (report["mlp_width_before"], report["mlp_width_after"]) == (64, 32)
+    assert report["blocks_after"] == 3 and importance in report["method"]
+    for layer in decoder_layers(model):
+        mlp = layer.mlp
+        assert mlp.gate_proj.weight.shape == (32, 32) and mlp.down_proj.weight.shape == (32, 32)
+        assert layer.self_attn.q_proj.weight.shape == (32, 32)  # attention left whole
+    assert all(p.grad is None for p in model.parameters())
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "pruned")
+    assert loaded.config.intermediate_size == 32 and loaded.config.num_hidden_layers == 3
+    with torch.no_grad():
+        ids = split.input_ids[:2]
+        assert torch.allclose(loaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-4)
