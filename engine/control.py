@@ -24,7 +24,6 @@ import json
 import os
 import socket
 import struct
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -46,6 +45,8 @@ class Controllable(Protocol):
     def subscribe(self, fn: Callable[[Event], None]) -> None: ...
 
     def submit(self, command: Command) -> CommandAck: ...
+
+    def publish(self, event: Event) -> None: ...
 
 
 def socket_path(run_dir: Path) -> Path:
@@ -202,7 +203,9 @@ class ControlServer:
             with contextlib.suppress(ConnectionError, OSError):
                 await writer.drain()
             writer.close()
-            self._publish(Log("warning", f"control socket: refused a connection from uid {uid}"))
+            self.engine.publish(
+                Log("warning", f"control socket: refused a connection from uid {uid}")
+            )
             return
         client = _Client(writer, uid)
         # Hello and the history are queued in the same step as the client joins the live
@@ -242,10 +245,3 @@ class ControlServer:
             client.send(encode({"type": "error", "message": f"bad message: {exc}"}))
             return
         self.engine.submit(command)  # acknowledged by a CommandAck event to every client
-
-    def _publish(self, event: Event) -> None:
-        publish = getattr(self.engine, "publish", None)
-        if callable(publish):
-            publish(event)
-        else:  # pragma: no cover - engines without publish
-            print(f"genesis-tui: {getattr(event, 'message', event)}", file=sys.stderr)

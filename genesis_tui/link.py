@@ -48,7 +48,11 @@ class Link:
     def __init__(self, run_dir: Path | str) -> None:
         self.run_dir = Path(run_dir).absolute()
         self.subscribers: list[Subscriber] = []
-        self.paused = False
+
+    @property
+    def paused(self) -> bool:
+        """Whether the engine is paused as the link starts (later, EnginePaused events say)."""
+        return False
 
     def subscribe(self, fn: Subscriber) -> None:
         self.subscribers.append(fn)
@@ -81,13 +85,9 @@ class LocalLink(Link):
         self.resume = resume
         engine.subscribe(self._publish)
 
-    @property  # type: ignore[override]
+    @property
     def paused(self) -> bool:
         return bool(getattr(self.engine, "paused", False))
-
-    @paused.setter
-    def paused(self, value: bool) -> None:
-        pass
 
     def submit(self, command: Command) -> None:
         self.engine.submit(command)
@@ -259,7 +259,6 @@ def spawn_engine(run_dir: Path, *, merge: bool = False) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "genesis_tui.cli", "--resume", str(run_dir), "--headless"]
     if merge:
         cmd.append("--merge")
-    env = dict(os.environ, GENESIS_ENGINE_DAEMON="1")
     with open(logs / "engine.log", "ab") as log:
         return subprocess.Popen(
             cmd,
@@ -267,6 +266,5 @@ def spawn_engine(run_dir: Path, *, merge: bool = False) -> subprocess.Popen:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            env=env,
             close_fds=True,
         )

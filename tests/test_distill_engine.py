@@ -150,6 +150,7 @@ def test_the_coliseum_refuses_logits_of_another_tokenizer(tiny_lab, foreign_teac
     )
     worker = SimpleNamespace(
         tokenizer=student_tok,
+        tokenizer_fingerprint=tokenizer_fingerprint(student_tok),  # the worker's cached property
         profile=SimpleNamespace(student=SimpleNamespace(model="student")),
         _kd_cache=None,
     )

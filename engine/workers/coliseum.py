@@ -8,6 +8,7 @@ weights are never modified and never reloaded. Evaluation puts many adapters in 
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -55,6 +56,13 @@ class Coliseum:
         self.load_seconds = time.perf_counter() - t0
         self.torch = torch
         self._kd_cache: tuple[str, dict[str, Any]] | None = None  # (path, tensors): the last one
+
+    @functools.cached_property
+    def tokenizer_fingerprint(self) -> str:
+        """Hashes the whole vocabulary: once per worker, not once per individual."""
+        from engine.distill import tokenizer_fingerprint
+
+        return tokenizer_fingerprint(self.tokenizer)
 
     @property
     def ready_detail(self) -> str:
@@ -115,7 +123,7 @@ class Coliseum:
 
         from safetensors.torch import load as load_bytes
 
-        from engine.distill import load_cache, tokenizer_fingerprint
+        from engine.distill import load_cache
         from engine.errors import DataError
 
         if task.kd_path is not None:
@@ -131,7 +139,7 @@ class Coliseum:
         else:
             return None
         meta = kd["meta"]
-        if meta.get("tokenizer") != tokenizer_fingerprint(self.tokenizer):
+        if meta.get("tokenizer") != self.tokenizer_fingerprint:
             raise DataError(
                 f"the teacher's logits ({meta.get('teacher', '?')}) use another tokenizer than the "
                 f"student ({self.profile.student.model}): logit distillation needs one vocabulary"

@@ -8,6 +8,7 @@ the rows one individual trains on.
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,18 @@ class Teacher:
         """The real vocabulary: padded embedding rows beyond the tokenizer's are never compared."""
         return min(int(self.model.config.vocab_size), len(self.tokenizer))
 
-    def meta(self) -> dict[str, str]:
+    @functools.cached_property
+    def tokenizer_fingerprint(self) -> str:
+        """Hashes the whole vocabulary: once per worker, not once per request."""
         from engine.distill import tokenizer_fingerprint
 
+        return tokenizer_fingerprint(self.tokenizer)
+
+    def meta(self) -> dict[str, str]:
         d = self.profile.distill
         return {
             "teacher": str(self.profile.teacher.model),
-            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "tokenizer": self.tokenizer_fingerprint,
             "temperature": repr(float(d.temperature)),
             "top_k": str(d.top_k),
             "vocab": str(self.vocab),
@@ -93,7 +99,7 @@ class Teacher:
             key = distill.cache_key(
                 teacher=f"{spec.model}@{spec.revision or ''}",
                 teacher_files=distill.model_files(spec.model),
-                tokenizer_fingerprint=distill.tokenizer_fingerprint(self.tokenizer),
+                tokenizer_fingerprint=self.tokenizer_fingerprint,
                 input_ids=split.input_ids,
                 temperature=d.temperature,
                 k=k,
