@@ -266,3 +266,136 @@ def lookup(cache: dict[str, torch.Tensor], rows: torch.Tensor) -> tuple[torch.Te
             raise KeyError(f"row {missing} is not in the teacher cache")
         pos = order[at]
     return cache["logp"][pos], cache["idx"][pos]
+
+
+# --- sequence-level distillation ------------------------------------------------------------------
+#
+# Across two tokenizers the only thing both models share is text: the teacher answers every
+# training prompt once (greedy decoding, so the answers are a function of the teacher and the
+# prompts, and the cache key covers both), the answers are kept as JSON, and each student
+# tokenizes them with its own tokenizer and learns them with cross-entropy (Kim & Rush 2016).
+
+
+@torch.no_grad()
+def teacher_answers(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    device: str,
+    progress: Any = None,
+) -> list[str]:
+    """The teacher's greedy continuation of every prompt, as text (special tokens kept, so an
+    end-of-sequence the teacher writes stays in the answer the students learn).
+
+    Prompts are left-padded in batches; generation stops at the tokenizer's eos token or after
+    ``max_new_tokens``. ``progress(done, total)`` is called after each batch when given."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
+    answers: list[str] = []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in chunk]
+            width = max(1, max(len(e) for e in encoded))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, e in enumerate(encoded):
+                if e:
+                    ids[i, width - len(e) :] = torch.tensor(e, dtype=torch.long)
+                    mask[i, width - len(e) :] = 1
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+            for row in out[:, width:].cpu().tolist():
+                if tokenizer.eos_token_id in row:  # keep the eos, drop the padding after it
+                    row = row[: row.index(tokenizer.eos_token_id) + 1]
+                answers.append(tokenizer.decode(row, skip_special_tokens=False))
+            if progress is not None:
+                progress(len(answers), len(prompts))
+    finally:
+        model.train(was_training)
+    return answers
+
+
+def sequence_cache_key(
+    *,
+    teacher: str,
+    teacher_files: list[tuple[str, int, int]] | None,
+    prompts: list[str],
+    max_new_tokens: int,
+) -> str:
+    """A 24-hex-digit sha256 over everything the teacher's greedy answers depend on."""
+    h = hashlib.sha256()
+    head = {
+        "version": 1,
+        "kind": "sequences",
+        "teacher": teacher,
+        "teacher_files": [list(f) for f in teacher_files] if teacher_files is not None else None,
+        "max_new_tokens": int(max_new_tokens),
+        "decoding": "greedy",
+    }
+    h.update(json.dumps(head, sort_keys=True).encode("utf-8"))
+    h.update(json.dumps(prompts, ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()[:24]
+
+
+def save_answers(path: Path, prompts: list[str], answers: list[str], meta: dict[str, str]) -> None:
+    """Write the teacher's answers (with their prompts and ``meta``) as JSON, atomically."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump({"meta": meta, "prompts": prompts, "answers": answers}, f, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def load_answers(path: Path) -> tuple[list[str], list[str], dict[str, str]]:
+    """(prompts, answers, meta) of an answers file; a missing, truncated or malformed file raises
+    ``DataError``."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(
+            f"The teacher's answers {path} do not exist; they will be recomputed."
+        ) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(
+            f"The teacher's answers {path} cannot be read ({type(exc).__name__}: {exc}); the file "
+            "is truncated or corrupt and will be recomputed."
+        ) from None
+    if not isinstance(doc, dict):
+        doc = {}
+    prompts, answers = doc.get("prompts"), doc.get("answers")
+    if (
+        not isinstance(prompts, list)
+        or not isinstance(answers, list)
+        or len(prompts) != len(answers)
+        or not all(isinstance(x, str) for x in prompts + answers)
+    ):
+        raise DataError(
+            f"The teacher's answers {path} are malformed (expected an object with lists of "
+            "strings 'prompts' and 'answers' of equal length); they will be recomputed."
+        )
+    meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
+    return prompts, answers, {str(k): str(v) for k, v in meta.items()}

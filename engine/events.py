@@ -216,6 +216,25 @@ class TeacherLogits(Event):
 
 
 @dataclass(frozen=True)
+class TeacherAnswers(Event):
+    """Sequence-level distillation: the teacher's greedy answers to every training prompt, which
+    the students learn instead of the data's answers (``hit``: a file with the same key was
+    reused, nothing generated)."""
+
+    kind: ClassVar[str] = "teacher_answers"
+    rows: int
+    seconds: float
+    hit: bool
+    path: str
+
+    @property
+    def summary(self) -> str:
+        if self.hit:
+            return f"teacher answers reused ({self.rows} prompts): {self.path}"
+        return f"teacher answered {self.rows} prompts in {self.seconds:.1f}s → {self.path}"
+
+
+@dataclass(frozen=True)
 class PruneReport(Event):
     """The student was pruned before evolution (``prune_report.json`` in the run has every figure)."""
 

@@ -101,14 +101,16 @@ def preflight(profile: Any) -> None:
             if problem and device not in seen:
                 problems.append(f"{where}: {problem}")
                 seen.add(device)
-            if spec.load_in_4bit and not problem:
+            # A teacher is only read: where 4-bit is unavailable it is loaded in full precision
+            # with a warning (quantization_fallback); a student trains, so 4-bit must hold.
+            if spec.load_in_4bit and not problem and role == "student":
                 q = quantization_problem(device)
                 if q:
                     problems.append(f"[{role}] load_in_4bit = true on {device}: {q}")
         w = weights_problem(spec.model, spec.revision)
         if w:
             problems.append(f"[{role}] model: {w}")
-    if not problems and getattr(profile, "distilling", False):
+    if not problems and getattr(profile, "distilling_logits", False):
         t = tokenizer_problem(profile)
         if t:
             problems.append(t)
@@ -149,8 +151,26 @@ def tokenizer_problem(profile: Any) -> str | None:
         f'[distill] mode = "{profile.distill.mode}": the teacher\'s tokenizer ({profile.teacher.model}, '
         f"{len(teacher)} tokens) is not the student's ({profile.student.model}, {len(student)} "
         "tokens), and logit distillation compares the two models token by token — use a teacher "
-        'that shares the student\'s tokenizer, or set [distill] mode = "off"'
+        'that shares the student\'s tokenizer, set [distill] mode = "sequence" (the students learn '
+        'the teacher\'s generated answers, as text) or mode = "off"'
     )
+
+
+def quantization_fallback(spec: Any, device: str) -> str | None:
+    """Why a model asked in 4-bit will be loaded in full precision on ``device`` instead (the
+    teacher's rule), or None when 4-bit is not asked or bitsandbytes can serve the device."""
+    if not spec.load_in_4bit:
+        return None
+    problem = quantization_problem(device)
+    if problem is None:
+        return None
+    return (
+        f"{spec.model}: load_in_4bit = true, but {problem} on {device} — loaded in "
+        f"{spec.dtype} instead (about {_BYTES[spec.dtype] * 2}× the 4-bit memory)"
+    )
+
+
+_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def torch_dtype(name: str) -> torch.dtype:
@@ -159,8 +179,13 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_causal_lm(spec: Any, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer onto ``device`` as ``spec`` (a profile model spec) says."""
+def load_causal_lm(
+    spec: Any, device: str, *, fallback: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a causal LM and its tokenizer onto ``device`` as ``spec`` (a profile model spec) says.
+
+    With ``fallback`` (the teacher), a 4-bit model on a device bitsandbytes cannot serve is loaded
+    in ``spec.dtype`` instead of failing; ``quantization_fallback`` says why, for the run's log."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     problem = device_problem(device) or weights_problem(spec.model, spec.revision)
@@ -172,7 +197,8 @@ def load_causal_lm(spec: Any, device: str) -> tuple[PreTrainedModel, PreTrainedT
         "trust_remote_code": spec.trust_remote_code,
         "local_files_only": True,
     }
-    if spec.load_in_4bit:
+    quantize = spec.load_in_4bit and not (fallback and quantization_fallback(spec, device))
+    if quantize:
         problem = quantization_problem(device)
         if problem:
             raise ModelError(f"cannot load {spec.model} in 4-bit on {device}: {problem}")
@@ -195,7 +221,7 @@ def load_causal_lm(spec: Any, device: str) -> tuple[PreTrainedModel, PreTrainedT
         )
     except (OSError, ValueError) as exc:
         raise ModelError(f"cannot load {spec.model}: {exc}") from exc
-    if not spec.load_in_4bit:
+    if not quantize:
         model.to(device)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token

@@ -45,6 +45,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
     StopRun,
+    TeacherAnswers,
     TeacherLogits,
     TrainFinished,
     command_from_dict,
@@ -89,6 +90,7 @@ class Orchestrator:
         self._culled: set[str] = set()
         self.champion: Individual | None = None
         self.kd_path: str | None = None  # the teacher's logit cache (distillation, cache mode)
+        self.answers_path: str | None = None  # the teacher's answers (sequence distillation)
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -330,7 +332,9 @@ class Orchestrator:
         def task(job: int) -> m.TrainTask:
             ind.status = "training"
             self._update(ind)
-            return m.TrainTask(job, ind.id, genome, adapter, steps, self.kd_path, kd_blob)
+            return m.TrainTask(
+                job, ind.id, genome, adapter, steps, self.kd_path, kd_blob, self.answers_path
+            )
 
         def wanted() -> bool:
             return not (ind.paused or ind.id in self._culled or self.stop_requested)
@@ -339,7 +343,7 @@ class Orchestrator:
         if not wanted():
             return
         try:
-            if self.profile.distilling and not self.profile.distill.cache:
+            if self.profile.distilling_logits and not self.profile.distill.cache:
                 # Online distillation: the teacher scores exactly the rows this individual draws.
                 logits: m.LogitsDone = await self.pool.run(
                     "teacher",
@@ -505,6 +509,17 @@ class Orchestrator:
         self.kd_path = done.path
         self.publish(TeacherLogits(done.rows, done.seconds, done.hit, done.path))
 
+    async def _teacher_answers(self) -> None:
+        """Sequence-level distillation: the teacher answers every training prompt once (or the
+        answers a previous run left are reused); after this the teacher is idle."""
+        assert self.pool is not None
+        cache_dir = str(self.profile.logit_cache_dir())
+        done: m.AnswersDone = await self.pool.run(
+            "teacher", lambda job: m.TeacherAnswersTask(job, cache_dir=cache_dir)
+        )
+        self.answers_path = done.path
+        self.publish(TeacherAnswers(done.rows, done.seconds, done.hit, done.path))
+
     async def _student_reference(self) -> None:
         """The untrained student's validation loss, scored by the coliseum like any individual."""
         assert self.pool is not None
@@ -650,6 +665,12 @@ class Orchestrator:
                 self.run_dir.close()
                 return failed
         with_teacher = prof.teacher is not None and prof.teacher.enabled
+        if with_teacher:
+            from engine.models import quantization_fallback
+
+            note = quantization_fallback(prof.teacher, prof.devices.teacher)
+            if note:  # the teacher worker loads it in full precision (load_causal_lm(fallback))
+                self.publish(Log("warning", f"teacher: {note}"))
         self.pool = WorkerPool(
             prof, self.publish, with_teacher=with_teacher, log_dir=self.run_dir.path / "logs"
         )
@@ -662,8 +683,10 @@ class Orchestrator:
                 await self._student_reference()
             if with_teacher and self.teacher_loss is None:
                 await self._teacher_reference()
-            if prof.distilling and prof.distill.cache:
+            if prof.distilling_logits and prof.distill.cache:
                 await self._logit_cache()
+            if prof.distilling_sequences:
+                await self._teacher_answers()
             for gen in range(self.generation + 1, prof.evolution.generations):
                 await self._gate()
                 if self.stop_requested:

@@ -377,11 +377,13 @@ class DistillConfig(BaseModel):
 
     model_config = _CONFIG
 
-    mode: Literal["off", "logits"] = Field(
+    mode: Literal["off", "logits", "sequence"] = Field(
         "off",
         description="off = cross-entropy on the labels only; logits = learn the teacher's "
         "temperature-softened next-token distribution (KL) plus alpha × cross-entropy — needs "
-        "[teacher] with the student's tokenizer",
+        "[teacher] with the student's tokenizer; sequence = the teacher answers every training "
+        "prompt once (greedy, cached) and the students learn its answers with cross-entropy — "
+        "works across tokenizers, needs a [data] format with prompts (alpaca or mistral-inst)",
     )
     temperature: float = Field(
         2.0, gt=0, le=100, description="softening temperature T of both distributions (loss × T²)"
@@ -395,11 +397,17 @@ class DistillConfig(BaseModel):
         le=1_000_000,
         description="teacher probabilities kept per position (the rest is one tail bucket)",
     )
+    max_new_tokens: int = Field(
+        128,
+        ge=1,
+        le=8192,
+        description="sequence mode: the most tokens the teacher generates per training prompt",
+    )
     cache: bool = Field(
         True,
         description="true = the teacher scores the training split once and every generation "
         "(and a resumed run) reads the cache; false = online: the teacher scores each "
-        "individual's batches as it trains",
+        "individual's batches as it trains (logits mode; sequence mode always caches)",
     )
     cache_dir: Path | None = Field(
         None,
@@ -561,13 +569,16 @@ class Profile(BaseModel):
                 )
             )
         t = self.teacher
-        if t is not None and t.enabled and t.load_in_4bit and self.devices.teacher == "mps":
+        # A 4-bit teacher on a device bitsandbytes cannot serve is not an error: the teacher
+        # worker loads it in full precision and the run says so (a warning event).
+        if self.distill.mode == "sequence" and self.data.format == "text":
             problems.append(
                 _Problem(
-                    '4-bit loading uses bitsandbytes, which serves cpu and cuda devices but not Apple "mps", and '
-                    '[devices] teacher = "mps" — set load_in_4bit = false or put the teacher on cpu or cuda',
-                    section="teacher",
-                    key="load_in_4bit",
+                    '"sequence" has the teacher answer each training prompt, and [data] format = '
+                    '"text" has no prompts (every token is the answer) — use format = "alpaca" or '
+                    '"mistral-inst", or mode = "logits"',
+                    section="distill",
+                    key="mode",
                 )
             )
         if self.distill.mode != "off" and (t is None or not t.enabled):
@@ -586,6 +597,14 @@ class Profile(BaseModel):
     @property
     def distilling(self) -> bool:
         return self.distill.mode != "off"
+
+    @property
+    def distilling_logits(self) -> bool:
+        return self.distill.mode == "logits"
+
+    @property
+    def distilling_sequences(self) -> bool:
+        return self.distill.mode == "sequence"
 
     def logit_cache_dir(self) -> Path:
         return self.distill.cache_dir or self.run.output_dir / ".cache" / "logits"

@@ -33,6 +33,7 @@ from engine.events import (
     RunFinished,
     RunStarted,
     StopRun,
+    TeacherAnswers,
     TeacherLogits,
     TrainFinished,
     WorkerState,
@@ -115,7 +116,7 @@ class HeadlessView:
                 f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
                 f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
             )
-        elif isinstance(e, PruneReport):
+        elif isinstance(e, (PruneReport, TeacherAnswers)):
             self.line(e.summary)
         elif isinstance(e, TeacherLogits) and e.id is None:
             if e.hit:

@@ -177,3 +177,115 @@ def test_the_coliseum_refuses_logits_of_another_tokenizer(tiny_lab, foreign_teac
         ),
     )
     assert ok is not None and ok["meta"]["vocab"] == "10"
+
+
+def alpaca_from_text(src: Path, dst: Path) -> Path:
+    """The tiny lab's text lines as alpaca records: the first word is the instruction."""
+    import json
+
+    rows = []
+    for line in src.read_text().splitlines():
+        head, _, tail = line.partition(" ")
+        rows.append(json.dumps({"instruction": head, "input": "", "output": tail}))
+    dst.write_text("\n".join(rows) + "\n")
+    return dst
+
+
+def test_sequence_distillation_crosses_tokenizers_and_reuses_the_answers(
+    tiny_lab, tiny_profile, tmp_path, foreign_teacher
+):
+    """mode = "sequence" with a teacher of another tokenizer: no start-up error, the teacher
+    answers every training prompt once (greedy), the students learn those answers with
+    cross-entropy, and a later run reuses the answers file instead of generating again."""
+    from engine.distill import load_answers
+
+    train = alpaca_from_text(tiny_lab["data"] / "train.txt", tmp_path / "train.jsonl")
+    val = alpaca_from_text(tiny_lab["data"] / "val.txt", tmp_path / "val.jsonl")
+    path = tiny_profile(
+        teacher__model=str(foreign_teacher),
+        data__format="alpaca",
+        data__train=str(train),
+        data__validation=str(val),
+        distill__mode="sequence",
+        distill__max_new_tokens=6,
+        distill__cache_dir=str(tmp_path / "kd-cache"),
+        training__steps_per_generation=4,
+    )
+    preflight(load_profile(path))  # another tokenizer is fine: only text crosses over
+    first, events = run_engine(path)
+    assert first.status == "completed", first.reason
+    answered = [e for e in events if isinstance(e, ev.TeacherAnswers)]
+    assert len(answered) == 1 and not answered[0].hit and answered[0].rows == 240
+    assert not [e for e in events if isinstance(e, ev.TeacherLogits)]  # never a logit KL
+    prompts, answers, meta = load_answers(Path(answered[0].path))
+    assert len(prompts) == len(answers) == 240 and meta["decoding"] == "greedy"
+    assert all(answers)  # an untrained tiny teacher writes newlines, but it writes
+    terms = [e.terms for e in events if isinstance(e, ev.TrainProgress)]
+    assert terms and all(set(t) == {"ce"} for t in terms)
+
+    second, events2 = run_engine(path)
+    reused = [e for e in events2 if isinstance(e, ev.TeacherAnswers)]
+    assert len(reused) == 1 and reused[0].hit and reused[0].path == answered[0].path
+    assert second.champion_fitness == pytest.approx(first.champion_fitness, abs=1e-6)
+
+    # The students learned the teacher's answers, not the data's: CE-only on the data differs.
+    plain, _ = run_engine(
+        tiny_profile(
+            data__format="alpaca",
+            data__train=str(train),
+            data__validation=str(val),
+            training__steps_per_generation=4,
+        )
+    )
+    assert plain.champion_fitness != pytest.approx(first.champion_fitness, abs=1e-6)
+
+
+def test_teacher_answers_batched_equal_one_by_one_and_bad_files_are_data_errors(
+    tiny_lab, tmp_path
+):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from engine.distill import load_answers, save_answers, teacher_answers
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_lab["teacher"])
+    tok = AutoTokenizer.from_pretrained(tiny_lab["teacher"])
+    prompts = ["<s>a b", "<s>the patient has a long history of", "<s>x"]
+    kw = dict(max_new_tokens=5, device="cpu")
+    batched = teacher_answers(model, tok, prompts, batch_size=3, **kw)
+    single = [teacher_answers(model, tok, [p], batch_size=1, **kw)[0] for p in prompts]
+    assert batched == single and all(isinstance(a, str) for a in batched)
+
+    f = tmp_path / "answers.json"
+    save_answers(f, prompts, batched, {"teacher": "t"})
+    assert load_answers(f) == (prompts, batched, {"teacher": "t"})
+    f.write_text(f.read_text()[:20])  # truncated
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        load_answers(f)
+    f.write_text('{"prompts": ["a"], "answers": []}')
+    with pytest.raises(DataError, match="malformed"):
+        load_answers(f)
+    with pytest.raises(DataError, match="do not exist"):
+        load_answers(tmp_path / "none.json")
+
+
+def test_a_4bit_teacher_falls_back_to_full_precision_with_a_warning(
+    tiny_lab, tiny_profile, monkeypatch
+):
+    """Where bitsandbytes cannot serve the teacher's device, the teacher is loaded in its dtype
+    and the run says why; a 4-bit student there stays a start-up error (it must train)."""
+    import torch
+
+    from engine import models
+
+    monkeypatch.setattr(models, "quantization_problem", lambda device: "no 4-bit kernels here")
+    profile = load_profile(tiny_profile(teacher__load_in_4bit=True))
+    note = models.quantization_fallback(profile.teacher, "cpu")
+    assert note and "no 4-bit kernels here" in note and "loaded in float32 instead" in note
+    preflight(profile)  # not an error for the teacher
+    model, _ = models.load_causal_lm(profile.teacher, "cpu", fallback=True)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ModelError, match="no 4-bit kernels here"):
+        models.load_causal_lm(profile.teacher, "cpu")  # without the fallback: refused
+    with pytest.raises(ModelError, match=r"\[student\] load_in_4bit = true on cpu"):
+        preflight(load_profile(tiny_profile(student__load_in_4bit=True)))
+    assert models.quantization_fallback(load_profile(tiny_profile()).teacher, "cpu") is None

@@ -359,13 +359,27 @@ def test_tournament_larger_than_population(lab):
     assert "at most [population] size (4)" in msg
 
 
-def test_4bit_on_mps_is_refused(lab):
+def test_4bit_student_on_mps_is_refused_a_4bit_teacher_falls_back(lab):
+    text = BASE.replace('coliseum = ["cpu"]', 'coliseum = ["mps"]').replace(
+        'model = "./m/student"', 'model = "./m/student"\nload_in_4bit = true'
+    )
+    msg = error(lab, text)
+    assert f"line {line_of(text, 'load_in_4bit')}, [student] load_in_4bit = true" in msg
+    assert "bitsandbytes" in msg and "mps" in msg
+    # The teacher is only read: on a device without 4-bit support it is loaded in full
+    # precision with a warning (engine.models.quantization_fallback), not refused.
     text = BASE.replace('teacher = "cpu"', 'teacher = "mps"').replace(
         'model = "./m/teacher"', 'model = "./m/teacher"\nload_in_4bit = true'
     )
+    (lab / "p.toml").write_text(text)
+    assert load_profile(lab / "p.toml").teacher.load_in_4bit
+
+
+def test_sequence_distillation_needs_prompts(lab):
+    text = BASE + '\n[distill]\nmode = "sequence"\n'
     msg = error(lab, text)
-    assert f"line {line_of(text, 'load_in_4bit')}, [teacher] load_in_4bit = true" in msg
-    assert "bitsandbytes" in msg and "mps" in msg
+    assert f"line {line_of(text, 'sequence')}, [distill] mode" in msg
+    assert 'format = "text" has no prompts' in msg
 
 
 def test_bad_device_name(lab):

@@ -56,6 +56,7 @@ class Coliseum:
         self.load_seconds = time.perf_counter() - t0
         self.torch = torch
         self._kd_cache: tuple[str, dict[str, Any]] | None = None  # (path, tensors): the last one
+        self._answers: tuple[str, Any] | None = None  # (path, tokenized split): the last one
 
     @functools.cached_property
     def tokenizer_fingerprint(self) -> str:
@@ -146,6 +147,26 @@ class Coliseum:
             )
         return kd
 
+    def _answers_split(self, path: str) -> Any:
+        """Sequence-level distillation: the training prompts with the teacher's answers, tokenized
+        by this student's own tokenizer (the teacher's may differ: only text crosses over)."""
+        if self._answers is None or self._answers[0] != path:
+            from engine.data import Example, read_examples, tokenize
+            from engine.distill import load_answers
+            from engine.errors import DataError
+
+            d = self.profile.data
+            prompts, answers, _ = load_answers(Path(path))
+            own = [e.prompt for e in read_examples(d.train, d.format, limit=d.max_train_examples)]
+            if prompts != own:
+                raise DataError(
+                    f"the teacher's answers {path} answer other prompts than {d.train} holds: "
+                    "the training data changed since they were generated"
+                )
+            examples = [Example(p, a) for p, a in zip(prompts, answers, strict=True)]
+            self._answers = (path, tokenize(examples, self.tokenizer, d.max_seq_len))
+        return self._answers[1]
+
     def train(self, task: TrainTask) -> TrainDone:
         from engine.distill import batch_indices, lookup
         from engine.losses import distillation, get_loss
@@ -171,7 +192,7 @@ class Coliseum:
                 loss_fn = get_loss(prof.training.loss)
             torch.manual_seed(task.genome["seed"])  # dropout
             split, bs, accum = (
-                self.train_split,
+                self._answers_split(task.answers_path) if task.answers_path else self.train_split,
                 prof.data.batch_size,
                 prof.training.gradient_accumulation,
             )

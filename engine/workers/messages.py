@@ -24,6 +24,9 @@ class TrainTask:
     # exactly the rows this individual trains on, as safetensors bytes.
     kd_path: str | None = None
     kd_blob: bytes | None = None
+    # Sequence-level distillation: the teacher's answers to the training prompts (a JSON file);
+    # the student learns them, tokenized with its own tokenizer, instead of the data's answers.
+    answers_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,15 @@ class TeacherLogitsTask:
     cache_dir: str | None = None
     seed: int | None = None
     steps: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherAnswersTask:
+    """Sequence-level distillation: the teacher answers every training prompt (greedy) into a
+    JSON file in ``cache_dir``, reused when one with the same key is already there."""
+
+    job: int
+    cache_dir: str
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,16 @@ class LogitsDone:
     rows: int
     seconds: float
     hit: bool  # an existing cache was reused: the teacher ran no forward pass
+
+
+@dataclass(frozen=True)
+class AnswersDone:
+    worker: str
+    job: int
+    path: str
+    rows: int
+    seconds: float
+    hit: bool  # an existing file was reused: the teacher generated nothing
 
 
 @dataclass(frozen=True)

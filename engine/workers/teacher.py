@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from engine.workers.common import load_split
-from engine.workers.messages import LogitsDone, TeacherDone, TeacherEvalTask, TeacherLogitsTask
+from engine.workers.messages import (
+    AnswersDone,
+    LogitsDone,
+    TeacherAnswersTask,
+    TeacherDone,
+    TeacherEvalTask,
+    TeacherLogitsTask,
+)
 
 
 class Teacher:
@@ -25,7 +32,7 @@ class Teacher:
 
         t0 = time.perf_counter()
         self.worker, self.device, self.profile = worker, device, profile
-        self.model, self.tokenizer = load_causal_lm(profile.teacher, device)
+        self.model, self.tokenizer = load_causal_lm(profile.teacher, device, fallback=True)
         self.val_split = load_split(profile, "validation", self.tokenizer)
         self._train_split: Any = None
         self.params = sum(p.numel() for p in self.model.parameters())
@@ -75,6 +82,8 @@ class Teacher:
             return TeacherDone(self.worker, task.job, loss, tokens, time.perf_counter() - t0)
         if isinstance(task, TeacherLogitsTask):
             return self.logits(task)
+        if isinstance(task, TeacherAnswersTask):
+            return self.answers(task)
         raise TypeError(f"teacher cannot handle {type(task).__name__}")
 
     def logits(self, task: TeacherLogitsTask) -> LogitsDone:
@@ -130,4 +139,48 @@ class Teacher:
         blob = save({n: t.contiguous() for n, t in part.items()}, metadata=self.meta())
         return LogitsDone(
             self.worker, task.job, None, blob, len(rows), time.perf_counter() - t0, False
+        )
+
+    def answers(self, task: TeacherAnswersTask) -> AnswersDone:
+        """Sequence-level distillation: the teacher's greedy answer to every training prompt,
+        computed once into a JSON file keyed by the teacher, the prompts and max_new_tokens."""
+        from engine import distill
+        from engine.data import read_examples
+        from engine.errors import DataError
+
+        t0 = time.perf_counter()
+        p = self.profile
+        examples = read_examples(p.data.train, p.data.format, limit=p.data.max_train_examples)
+        prompts = [e.prompt for e in examples]
+        spec = p.teacher
+        key = distill.sequence_cache_key(
+            teacher=f"{spec.model}@{spec.revision or ''}",
+            teacher_files=distill.model_files(spec.model),
+            prompts=prompts,
+            max_new_tokens=p.distill.max_new_tokens,
+        )
+        path = Path(task.cache_dir) / f"answers-{key}.json"
+        if path.exists():
+            try:
+                have, _, _ = distill.load_answers(path)
+                if have == prompts:
+                    return AnswersDone(self.worker, task.job, str(path), len(prompts), 0.0, True)
+            except DataError:
+                pass  # unreadable: generated again below and replaced atomically
+        answers = distill.teacher_answers(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=p.distill.max_new_tokens,
+            batch_size=p.data.eval_batch_size,
+            device=self.device,
+        )
+        meta = {
+            "teacher": str(spec.model),
+            "max_new_tokens": str(p.distill.max_new_tokens),
+            "decoding": "greedy",
+        }
+        distill.save_answers(path, prompts, answers, meta)
+        return AnswersDone(
+            self.worker, task.job, str(path), len(prompts), time.perf_counter() - t0, False
         )

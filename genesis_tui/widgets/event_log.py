@@ -24,6 +24,7 @@ from engine.events import (
     ReferenceReport,
     RunFinished,
     RunStarted,
+    TeacherAnswers,
     TeacherLogits,
     TrainFinished,
     WorkerState,
@@ -37,7 +38,7 @@ def describe(e: Event) -> tuple[str, str] | None:
     """(level, line) for an event worth a log line, else None (steps go to the Loss pane)."""
     if isinstance(e, Disconnected):
         return "error", f"engine link lost: {e.reason}"
-    if isinstance(e, PruneReport):
+    if isinstance(e, (PruneReport, TeacherAnswers)):
         return "info", e.summary
     if isinstance(e, TeacherLogits):
         if e.id is not None:
