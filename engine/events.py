@@ -252,6 +252,11 @@ class PruneReport(Event):
     reused: bool = False  # a resumed run found its pruned checkpoint
     mlp_width_before: int | None = None  # MLP channels per block, when width-pruned
     mlp_width_after: int | None = None
+    layer_score: str | None = None  # influence | angular: how the removed blocks were chosen
+    heads_before: int | None = None  # attention heads per block, when head-pruned
+    heads_after: int | None = None
+    kv_heads_after: int | None = None
+    sparsity_after: float | None = None  # Wanda: zero fraction of the decoder's linear weights
 
     @property
     def summary(self) -> str:
@@ -261,9 +266,17 @@ class PruneReport(Event):
             if self.mlp_width_after is not None
             else ""
         )
+        if self.heads_after is not None and self.heads_after != self.heads_before:
+            width = (
+                f"heads {self.heads_before} → {self.heads_after} (KV {self.kv_heads_after}), "
+                + width
+            )
+        if self.sparsity_after:
+            width += f"sparsity {self.sparsity_after:.0%}, "
+        score = f" by {self.layer_score}" if self.layer_score and self.removed else ""
         return (
-            f"{how}: blocks {self.blocks_before} → {self.blocks_after} (removed {self.removed}), "
-            f"{width}"
+            f"{how}: blocks {self.blocks_before} → {self.blocks_after} (removed {self.removed}"
+            f"{score}), {width}"
             f"params {self.params_before / 1e6:.2f}M → {self.params_after / 1e6:.2f}M, "
             f"perplexity {self.perplexity_before:.2f} → {self.perplexity_after:.2f}, "
             f"{self.tokens_per_s_before:.0f} → {self.tokens_per_s_after:.0f} tok/s"

@@ -442,8 +442,9 @@ class Orchestrator:
             self.publish(
                 Log(
                     "info",
-                    f"pruning the student: {p.layers:.0%} of its blocks, {p.width:.0%} of its "
-                    "MLP channels",
+                    f"pruning the student: {p.layers:.0%} of its blocks (by {p.layer_score}), "
+                    f"{p.heads:.0%} of its attention heads, {p.width:.0%} of its MLP channels, "
+                    f"then {p.sparsity:.0%} of its weights (Wanda)",
                 )
             )
             report = await asyncio.to_thread(self._prune_now, out)
@@ -462,6 +463,11 @@ class Orchestrator:
                 reused,
                 report.get("mlp_width_before"),
                 report.get("mlp_width_after"),
+                report.get("layer_score"),
+                report.get("heads_before"),
+                report.get("heads_after"),
+                report.get("kv_heads_after"),
+                report.get("sparsity_after"),
             )
         )
         student = self.profile.student.model_copy(update={"model": str(out), "revision": None})
@@ -491,6 +497,9 @@ class Orchestrator:
             fraction=prof.prune.layers,
             width=prof.prune.width,
             importance=prof.prune.importance,
+            layer_score=prof.prune.layer_score,
+            heads=prof.prune.heads,
+            sparsity=prof.prune.sparsity,
             calibration=load_split(prof, "train", tokenizer),
             validation=load_split(prof, "validation", tokenizer),
             calibration_rows=prof.prune.calibration_rows,

@@ -430,31 +430,59 @@ class PruneConfig(BaseModel):
         0.0,
         ge=0,
         lt=1,
-        description="fraction of the student's decoder blocks to remove before evolution, those of "
-        "lowest Block Influence (0 = no pruning; 0.25 of 8 blocks removes 2)",
+        description="fraction of the student's decoder blocks to remove before evolution, chosen "
+        "by layer_score (0 = no blocks removed; 0.25 of 8 blocks removes 2)",
+    )
+    layer_score: Literal["influence", "angular"] = Field(
+        "influence",
+        description="how the blocks to remove are chosen: influence = the blocks of lowest Block "
+        "Influence (1 - cosine of each block's input and output), anywhere in the stack; angular "
+        "= the contiguous run of blocks whose input and output hidden states are closest in "
+        "angular distance (Gromov et al. 2024)",
+    )
+    heads: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of every block's attention (query) heads to remove, those of lowest "
+        "importance (see importance; 0 = none). With grouped-query attention the same number of "
+        "query heads goes from every key/value group, so the heads removed must be a multiple of "
+        "the key/value heads (4 heads / 2 key/value heads: 0.5); a fraction that removes no "
+        "head, every head, or that the groups cannot honour stops the run before any worker "
+        "starts",
     )
     width: float = Field(
         0.0,
         ge=0,
         lt=1,
         description="fraction of every remaining block's MLP channels to remove (Torch-Pruning; "
-        "0 = none); attention and the residual width stay whole",
+        "0 = none), ranked by importance; the residual width stays whole",
     )
     importance: Literal["magnitude", "taylor"] = Field(
         "magnitude",
-        description="how MLP channels are ranked: weight magnitude, or Taylor (|w · dL/dw| on the "
-        "calibration rows)",
+        description="how MLP channels and attention heads are ranked: weight magnitude, or Taylor "
+        "(|w · dL/dw| on the calibration rows)",
+    )
+    sparsity: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Wanda unstructured pruning, applied last: the fraction of the weights zeroed "
+        "in every output row of every linear layer of the decoder blocks, those of lowest "
+        "|weight| × input-activation norm (0 = off); saved dense with the zeros, so the file "
+        "size and speed do not change",
     )
     calibration_rows: int = Field(
         64,
         ge=1,
         le=1_000_000,
-        description="training rows Block Influence (and Taylor importance) are measured on",
+        description="training rows the block scores, Taylor importance and Wanda's activation "
+        "norms are measured on",
     )
 
     @property
     def active(self) -> bool:
-        return self.layers > 0 or self.width > 0
+        return self.layers > 0 or self.heads > 0 or self.width > 0 or self.sparsity > 0
 
 
 class DevicesConfig(BaseModel):
@@ -505,7 +533,7 @@ _SECTION_DOC = {
     "training": "how each new individual is trained every generation",
     "devices": "where the teacher and the student workers (the coliseum) run; the only place devices are set",
     "distill": "knowledge distillation from the teacher: the training loss and the teacher's logit cache",
-    "prune": "make the student lean before evolution: whole decoder blocks removed, then healed by the population",
+    "prune": "make the student lean before evolution — decoder blocks, attention heads, MLP channels, then single weights (Wanda) removed — and let the population heal it",
 }
 
 
