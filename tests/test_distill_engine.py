@@ -240,9 +240,7 @@ def test_sequence_distillation_crosses_tokenizers_and_reuses_the_answers(
     assert plain.champion_fitness != pytest.approx(first.champion_fitness, abs=1e-6)
 
 
-def test_teacher_answers_batched_equal_one_by_one_and_bad_files_are_data_errors(
-    tiny_lab, tmp_path
-):
+def test_teacher_answers_batched_equal_one_by_one_and_bad_files_are_data_errors(tiny_lab, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from engine.distill import load_answers, save_answers, teacher_answers
