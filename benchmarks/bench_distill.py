@@ -12,6 +12,7 @@ Printed: the champion's validation loss, the fraction of the untrained-student �
 closes, the wall time of each generation, and the teacher's busy time from generation 1 on.
 
     python benchmarks/bench_distill.py [--generations 2] [--size 8] [--steps 30] [--rows 1024]
+    python benchmarks/bench_distill.py --demo     # profiles/demo.toml as shipped vs demo-ce-only
 """
 
 from __future__ import annotations
@@ -94,32 +95,46 @@ def main() -> None:
         help="comma-separated LoRA target modules (default: the demo profile's)",
     )
     ap.add_argument("--no-online", action="store_true", help="skip the online-teacher run")
+    ap.add_argument(
+        "--demo",
+        action="store_true",
+        help="the shipped demo profile as it is (its own data, pruning, distillation settings) "
+        "against the same with [distill] mode = off (profiles/demo-ce-only.toml); other options "
+        "except --no-online are ignored",
+    )
     args = ap.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bench-distill-"))
-    base = {
-        "population__size": args.size,
-        "evolution__generations": args.generations,
-        "training__steps_per_generation": args.steps,
-        "data__max_train_examples": args.rows,
-    }
-    if args.targets:
-        base["population__target_modules"] = args.targets.split(",")
-    kd = {
-        "distill__mode": "logits",
-        "distill__temperature": args.temperature,
-        "distill__alpha": args.alpha,
-        "distill__cache_dir": str(out / "kd-cache"),
-    }
+    if args.demo:
+        base: dict = {}
+        kd: dict = {"distill__cache_dir": str(out / "kd-cache")}
+        what = "profiles/demo.toml as shipped"
+    else:
+        base = {
+            "population__size": args.size,
+            "evolution__generations": args.generations,
+            "training__steps_per_generation": args.steps,
+            "data__max_train_examples": args.rows,
+            "prune__layers": 0.0,
+        }
+        if args.targets:
+            base["population__target_modules"] = args.targets.split(",")
+        kd = {
+            "distill__mode": "logits",
+            "distill__temperature": args.temperature,
+            "distill__alpha": args.alpha,
+            "distill__cache_dir": str(out / "kd-cache"),
+        }
+        what = (
+            f"{args.size} individuals × {args.generations} generations × {args.steps} steps, "
+            f"{args.rows} training rows, T = {args.temperature}, alpha = {args.alpha}"
+        )
     rows = [
-        run(out, "ce", base),
+        run(out, "ce", {**base, "distill__mode": "off"}),
         run(out, "kd-cache", {**base, **kd}),
     ]
     if not args.no_online:
         rows.append(run(out, "kd-online", {**base, **kd, "distill__cache": False}))
-    print(
-        f"\n{args.size} individuals × {args.generations} generations × {args.steps} steps, "
-        f"{args.rows} training rows, T = {args.temperature}, alpha = {args.alpha}"
-    )
+    print(f"\n{what}")
     print(
         f"{'run':<10} {'champion val loss':>17} {'gap closed':>10}  generation seconds        teacher busy, gen ≥ 1"
     )
@@ -128,7 +143,7 @@ def main() -> None:
         extra = f"  (cache built in {r['cache_s']:.1f} s)" if r["cache_s"] else ""
         print(
             f"{r['name']:<10} {r['loss']:>17.4f} {100 * r['gap']:>9.1f}%  {gens:<24} "
-            f"{r['teacher_busy_later']:.1f} s{extra}"
+            f"{r['teacher_busy_later']:.1f} s{extra}; run {r['wall']:.0f} s in all"
         )
     c, o = rows[1]["gens"], rows[-1]["gens"]
     if len(rows) > 2 and len(c) > 1 and len(o) > 1:

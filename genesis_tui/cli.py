@@ -203,19 +203,28 @@ def _summary(profile) -> str:
         f"on {', '.join(profile.devices.coliseum)}; teacher {teacher}; population {profile.population.size} × "
         f"{profile.evolution.generations} generations, {profile.evolution.crossover} crossover; data "
         f"{profile.data.format} {profile.data.train}"
-        + (
-            f"; distillation {d.mode} (T {d.temperature}, alpha {d.alpha}, top-{d.top_k}, "
-            f"{'cached' if d.cache else 'online'})"
-            if (d := profile.distill).mode != "off"
-            else ""
-        )
-        + (
-            f"; prune {profile.prune.layers:.0%} of the student's blocks and "
-            f"{profile.prune.width:.0%} of its MLP channels first"
-            if profile.prune.active
-            else ""
-        )
+        + _distill_summary(profile.distill)
+        + _prune_summary(profile.prune)
     )
+
+
+def _distill_summary(d) -> str:
+    if d.mode == "logits":
+        how = "cached" if d.cache else "online"
+        return f"; distillation logits (T {d.temperature}, alpha {d.alpha}, top-{d.top_k}, {how})"
+    if d.mode == "sequence":
+        return f"; distillation sequence (teacher answers of up to {d.max_new_tokens} tokens)"
+    return ""
+
+
+def _prune_summary(p) -> str:
+    parts = [
+        f"{p.layers:.0%} of the student's blocks (by {p.layer_score})" if p.layers else "",
+        f"{p.heads:.0%} of its attention heads" if p.heads else "",
+        f"{p.width:.0%} of its MLP channels" if p.width else "",
+        f"{p.sparsity:.0%} of its weights (Wanda)" if p.sparsity else "",
+    ]
+    return "; prune " + ", ".join(x for x in parts if x) + " first" if p.active else ""
 
 
 if __name__ == "__main__":  # pragma: no cover

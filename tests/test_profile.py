@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 from engine.errors import ProfileError
 from engine.profile import (
     _SECTIONS,
@@ -160,7 +165,9 @@ def _assets_copy(tmp_path: Path, name: str) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("name", ["demo.toml", "medical-dual-gpu.toml", "tinyllama.toml"])
+@pytest.mark.parametrize(
+    "name", ["demo.toml", "demo-ce-only.toml", "medical-dual-gpu.toml", "tinyllama.toml"]
+)
 def test_shipped_profiles_validate_and_round_trip(name, tmp_path):
     p = load_profile(_assets_copy(tmp_path, name))
     assert parse_profile(p.to_toml(), source=p.source) == p
@@ -188,6 +195,20 @@ def test_shipped_profile_values(tmp_path):
     ) == ("text", 8, 128, 128)
     assert (demo.devices.teacher, demo.devices.coliseum) == ("cpu", ["cpu"])
     assert "generations = 4" in demo.to_toml()
+    assert demo.data.max_train_examples == 64
+    assert demo.population.target_modules == ["q_proj", "v_proj", "o_proj", "down_proj"]
+    assert (demo.distill.mode, demo.distill.temperature, demo.distill.alpha) == ("logits", 2.0, 0.5)
+    assert demo.distill.cache and demo.prune.layers == 0.25
+    # The comparison run is the same run without the teacher's logits, and nothing else.
+    ce = load_profile(_assets_copy(tmp_path, "demo-ce-only.toml"))
+    assert ce.distill.mode == "off" and ce.run.name == "demo-ce-only"
+    same = ce.model_copy(
+        update={
+            "distill": ce.distill.model_copy(update={"mode": "logits"}),
+            "run": ce.run.model_copy(update={"name": "demo"}),
+        }
+    )
+    assert tomllib.loads(same.to_toml()) == tomllib.loads(demo.to_toml())
 
     med = load_profile(_assets_copy(tmp_path, "medical-dual-gpu.toml"))
     assert med.student.model == "BioMistral/BioMistral-7B" and med.student.dtype == "bfloat16"
