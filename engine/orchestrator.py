@@ -447,7 +447,7 @@ class Orchestrator:
                     f"then {p.sparsity:.0%} of its weights (Wanda)",
                 )
             )
-            report = await asyncio.to_thread(self._prune_now, out)
+            report = await self._prune_in_process(out)
         self.publish(
             PruneReport(
                 str(out),
@@ -473,39 +473,25 @@ class Orchestrator:
         student = self.profile.student.model_copy(update={"model": str(out), "revision": None})
         return self.profile.model_copy(update={"student": student})
 
-    def _prune_now(self, out: Path) -> dict[str, Any]:
-        """In a thread of the orchestrator: load the student in full precision on the first
-        coliseum device, remove its blocks of lowest Block Influence, save the checkpoint."""
-        import transformers
+    async def _prune_in_process(self, out: Path) -> dict[str, Any]:
+        """Prune in a spawned process (engine.workers.pruner); the event loop only waits."""
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
 
-        from engine.models import is_local, load_causal_lm
-        from engine.prune import prune_layers
-        from engine.workers.common import load_split
+        from engine.workers.pool import auto_threads
+        from engine.workers.pruner import prune_job
 
-        transformers.logging.disable_progress_bar()  # bars would draw over the headless output
-        transformers.logging.set_verbosity_error()
         prof = self.profile
-        device = prof.devices.coliseum[0]
-        spec = prof.student.model_copy(update={"load_in_4bit": False})  # prune real weights
-        model, tokenizer = load_causal_lm(spec, device)
-        source = Path(spec.model).expanduser() if is_local(spec.model) else None
-        return prune_layers(
-            model,
-            tokenizer,
-            source,
-            out,
-            fraction=prof.prune.layers,
-            width=prof.prune.width,
-            importance=prof.prune.importance,
-            layer_score=prof.prune.layer_score,
-            heads=prof.prune.heads,
-            sparsity=prof.prune.sparsity,
-            calibration=load_split(prof, "train", tokenizer),
-            validation=load_split(prof, "validation", tokenizer),
-            calibration_rows=prof.prune.calibration_rows,
-            batch_size=prof.data.eval_batch_size,
-            device=device,
-        )
+        logs = self.run_dir.path / "logs"
+        logs.mkdir(exist_ok=True)
+        threads = auto_threads(prof, prof.devices.coliseum[0], "coliseum")
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                pool, prune_job, prof, str(out), threads, str(logs / "prune.log")
+            )
+        finally:
+            await asyncio.to_thread(pool.shutdown)
 
     async def _logit_cache(self) -> None:
         """Distillation, cache mode: the teacher scores the training split once (or finds the

@@ -172,6 +172,26 @@ def test_a_run_prunes_its_student_first_and_a_resume_reuses_it(tiny_profile):
     assert len(reused) == 2 and reused[-1].reused and reused[-1].removed == r.removed
 
 
+@pytest.mark.slow
+def test_a_prune_the_student_cannot_take_fails_the_run_with_the_reason(tiny_profile):
+    """Pruning runs in its own process: its error comes back whole, the run ends "failed" with
+    the reason, and nothing is left half-written in pruned/."""
+    from engine.orchestrator import Orchestrator
+    from engine.profile import load_profile
+    from engine.rundir import RunDir
+
+    # The tiny student has 4 query heads over 2 key/value heads: a quarter cannot be honoured.
+    profile = load_profile(tiny_profile(prune__heads=0.25, prune__calibration_rows=8))
+    run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+    finished = asyncio.run(Orchestrator(profile, run).run())
+    assert finished.status == "failed"
+    assert (
+        finished.reason.startswith("pruning failed:") and "[prune] heads = 0.25" in finished.reason
+    )
+    assert not (run.path / "pruned" / "prune_report.json").exists()
+    assert (run.path / "logs" / "prune.log").exists()
+
+
 @pytest.mark.parametrize("importance", ["magnitude", "taylor"])
 def test_width_pruning_removes_mlp_channels_with_torch_pruning(tmp_path, importance):
     from tokenizers import Tokenizer, models
