@@ -53,6 +53,7 @@ __all__ = [
     "ProfileError",
     "RunConfig",
     "TeacherSpec",
+    "TTSConfig",
     "TrainingConfig",
     "load_profile",
     "parse_profile",
@@ -523,6 +524,115 @@ class DevicesConfig(BaseModel):
         return v
 
 
+class TTSConfig(BaseModel):
+    """[tts]: the style-evolution track — its presence makes the run a TTS run."""
+
+    model_config = _CONFIG
+
+    assets: Path | None = Field(
+        None,
+        description="the TTS student's directory (config.json + model.safetensors); unset: the "
+        "shipped assets/tts",
+    )
+    voice: str = Field(
+        "en-us", description="target style: espeak-ng voice or language (en-us, en-gb …)"
+    )
+    variant: str = Field(
+        "f3", description='target style: espeak-ng voice variant (f3, m3, klatt …) or ""'
+    )
+    pitch: int = Field(70, ge=0, le=100, description="target style: base pitch, 0–100")
+    rate: int = Field(
+        200, ge=80, le=450, description="target style: speaking rate, words per minute"
+    )
+    pitch_range: int = Field(50, ge=0, le=100, description="target style: intonation range, 0–100")
+    sentences: list[str] = Field(
+        [],
+        max_length=8,
+        description="sentences every genome speaks and is scored on (mean MCD); empty: the first "
+        "of the student's held-out evaluation sentences",
+    )
+    population: int = Field(
+        50, ge=2, le=10000, description="style genomes per generation (individual 0 is neutral)"
+    )
+    init_scale: float = Field(
+        1.0, ge=0, description="std of the random initial logits around neutral (all zeros)"
+    )
+    griffin_lim_iters: int = Field(
+        32, ge=1, le=512, description="Griffin-Lim iterations per rendered genome"
+    )
+    devices: list[str] = Field(
+        ["cpu"],
+        min_length=1,
+        description="devices of the style-coliseum workers, one worker process per entry; the "
+        "population is shared out among them",
+    )
+
+    @field_validator("assets", mode="before")
+    @classmethod
+    def _path(cls, v: Any, info: ValidationInfo) -> Any:
+        return None if v is None else _resolve(v, info)
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: list[str]) -> list[str]:
+        bad = [d for d in v if not DEVICE_RE.match(d)]
+        if bad:
+            raise _Problem(
+                f'{_fmt(bad[0])} is not a device name — expected "cpu", "cuda", "cuda:N" (N = 0, 1, …) or "mps"'
+            )
+        return v
+
+    @field_validator("sentences")
+    @classmethod
+    def _sentences(cls, v: list[str]) -> list[str]:
+        if any(not s.strip() for s in v):
+            raise _Problem("has an empty sentence — every sentence must have words to speak")
+        return v
+
+    @model_validator(mode="after")
+    def _style(self) -> TTSConfig:
+        from engine.tts.espeak import EspeakError, synthesize
+
+        try:
+            style = self.style()
+        except ValueError as exc:
+            raise _Problem(
+                f"is not a valid target style: {exc}", key=_style_key(str(exc))
+            ) from None
+        try:  # unknown voices and variants are only found by espeak-ng itself (~5 ms)
+            synthesize("a", style)
+        except EspeakError as exc:
+            key = "variant" if "variant" in str(exc).lower() and self.variant else "voice"
+            raise _Problem(
+                f"is not a usable target style: {exc.message.rstrip('.')}", key=key
+            ) from None
+        if self.assets is not None and not (self.assets / "config.json").is_file():
+            raise _Problem(
+                f"{self.assets} is not a TTS student directory (no config.json) — build one with "
+                "`python -m engine.tts.build`, or leave assets unset for the shipped one",
+                key="assets",
+            )
+        return self
+
+    def style(self) -> Any:
+        """The target style as an ``engine.tts.espeak.Style``."""
+        from engine.tts.espeak import Style
+
+        return Style(self.voice, self.variant, self.pitch, self.rate, self.pitch_range)
+
+    def assets_dir(self) -> Path:
+        from engine.tts.student import ASSETS_DIR
+
+        return self.assets or ASSETS_DIR
+
+
+def _style_key(message: str) -> str:
+    for key in ("pitch_range", "pitch", "rate", "variant", "voice"):
+        if f"Style.{key}" in message or message.startswith(key) or f" {key} " in message:
+            return key
+    return "voice"
+
+
 _SECTION_DOC = {
     "run": "the run's identity: name, seed and where run directories go",
     "student": "the model whose LoRA adapters are evolved",
@@ -533,6 +643,7 @@ _SECTION_DOC = {
     "training": "how each new individual is trained every generation",
     "devices": "where the teacher and the student workers (the coliseum) run; the only place devices are set",
     "distill": "knowledge distillation from the teacher: the training loss and the teacher's logit cache",
+    "tts": "the TTS track: evolve the style-token weights of the TTS student towards a target espeak-ng style (fitness = −MCD); with [tts], [student], [teacher] and [data] are not used",
     "prune": "make the student lean before evolution — decoder blocks, attention heads, MLP channels, then single weights (Wanda) removed — and let the population heal it",
 }
 
@@ -543,9 +654,9 @@ class Profile(BaseModel):
     model_config = _CONFIG
 
     run: RunConfig = Field(..., description=_SECTION_DOC["run"])
-    student: ModelSpec = Field(..., description=_SECTION_DOC["student"])
+    student: ModelSpec | None = Field(None, description=_SECTION_DOC["student"])
     teacher: TeacherSpec | None = Field(None, description=_SECTION_DOC["teacher"])
-    data: DataConfig = Field(..., description=_SECTION_DOC["data"])
+    data: DataConfig | None = Field(None, description=_SECTION_DOC["data"])
     population: PopulationConfig = Field(
         default_factory=PopulationConfig, description=_SECTION_DOC["population"]
     )
@@ -562,11 +673,26 @@ class Profile(BaseModel):
         default_factory=DistillConfig, description=_SECTION_DOC["distill"]
     )
     prune: PruneConfig = Field(default_factory=PruneConfig, description=_SECTION_DOC["prune"])
+    tts: TTSConfig | None = Field(None, description=_SECTION_DOC["tts"])
     source: Path = Field(Path("profile.toml"), description="the profile file (not a TOML key)")
 
     @model_validator(mode="after")
     def _combinations(self) -> Profile:
         problems: list[_Problem] = []
+        if self.tts is not None:
+            return self._tts_combinations()
+        for name in ("student", "data"):
+            if getattr(self, name) is None:
+                problems.append(
+                    _Problem(
+                        f"missing required section [{name}] — {_SECTION_DOC[name]}; it needs at least "
+                        f"{_MISSING_EXAMPLE[name]} (a TTS run has a [tts] section instead; "
+                        "`genesis-tui --help-profile` lists every field)",
+                        section=name,
+                    )
+                )
+        if problems:
+            raise _Problems(problems)
         size, evo = self.population.size, self.evolution
         if evo.elitism >= size:
             problems.append(
@@ -622,6 +748,54 @@ class Profile(BaseModel):
             raise _Problems(problems)
         return self
 
+    def _tts_combinations(self) -> Profile:
+        """A TTS profile: [tts] population sizes the population; the LLM sections do not apply."""
+        problems: list[_Problem] = []
+        size, evo = self.tts.population, self.evolution  # type: ignore[union-attr]
+        if evo.elitism >= size:
+            problems.append(
+                _Problem(
+                    f"must be less than [tts] population ({size}) — elitism keeps the best genomes "
+                    "unchanged, so at least one place must be left for children",
+                    section="evolution",
+                    key="elitism",
+                )
+            )
+        if evo.tournament_size > size:
+            problems.append(
+                _Problem(
+                    f"must be at most [tts] population ({size}) — a tournament draws its contestants "
+                    "from the population",
+                    section="evolution",
+                    key="tournament_size",
+                )
+            )
+        for name in ("student", "teacher", "data"):
+            if getattr(self, name) is not None:
+                problems.append(
+                    _Problem(
+                        f"[{name}] does not apply to a TTS run ([tts] evolves the TTS student's style "
+                        f"tokens; its model is [tts] assets) — remove [{name}], or remove [tts] for an "
+                        "LLM run",
+                        section=name,
+                    )
+                )
+        if self.distill.mode != "off" or self.prune.active:
+            which = "distill" if self.distill.mode != "off" else "prune"
+            problems.append(
+                _Problem(
+                    f"[{which}] does not apply to a TTS run — remove it, or remove [tts] for an LLM run",
+                    section=which,
+                )
+            )
+        if problems:
+            raise _Problems(problems)
+        return self
+
+    @property
+    def is_tts(self) -> bool:
+        return self.tts is not None
+
     @property
     def distilling(self) -> bool:
         return self.distill.mode != "off"
@@ -668,6 +842,12 @@ _SECTIONS: dict[str, type[BaseModel]] = {
     "devices": DevicesConfig,
     "distill": DistillConfig,
     "prune": PruneConfig,
+    "tts": TTSConfig,
+}
+
+_MISSING_EXAMPLE = {
+    "student": 'model = "…"',
+    "data": 'format = "text", train = "…", validation = "…"',
 }
 
 
@@ -1311,6 +1491,8 @@ def schema_help() -> str:
     for name, model in _SECTIONS.items():
         section_field = Profile.model_fields[name]
         need = "required" if section_field.is_required() else "optional"
+        if name in _MISSING_EXAMPLE:
+            need = "required, except in a TTS run"
         out += ["", f"[{name}]  ({need}) {section_field.description}"]
         if name == "teacher":
             out.append("  same keys as [student], plus enabled")
@@ -1323,7 +1505,10 @@ def schema_help() -> str:
         "  load_in_4bit needs a cpu or cuda device (bitsandbytes does not serve mps).",
         '  [distill] mode = "logits" needs an enabled [teacher] whose tokenizer is the student\'s',
         "  (checked when the run starts: a KL across two vocabularies is never computed).",
-        "  Device names (only in [devices]): cpu, cuda, cuda:N, mps.",
+        "  A profile with [tts] is a TTS run (style evolution): it needs no [student] or [data], uses",
+        "  [run], [evolution] (elitism below [tts] population) and [tts]; without [tts], [student] and",
+        "  [data] are required.",
+        "  Device names ([devices], [tts] devices): cpu, cuda, cuda:N, mps.",
         "  A model written as a path (starting with '.', '/' or '~') must be an existing directory;",
         "  anything else is a Hugging Face hub id, looked up in the local cache when the run starts.",
     ]

@@ -122,7 +122,10 @@ def _main(args: argparse.Namespace) -> int:
         profile = load_profile(run.profile_path)
     else:
         profile = load_profile(args.profile)
-    preflight(profile)
+    if profile.is_tts:
+        _tts_preflight(profile)
+    else:
+        preflight(profile)
     if args.check:
         print(_summary(profile))
         print("profile is valid and this machine can run it.")
@@ -139,14 +142,33 @@ def _main(args: argparse.Namespace) -> int:
         process = spawn_engine(run.path, merge=args.merge)
         return _run_app(GenesisApp(SocketLink(run.path, process=process)))
 
-    from engine.orchestrator import Orchestrator
     from genesis_tui.headless import run_headless
 
     if not args.resume:
         run = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+    if profile.is_tts:  # the TTS track: style evolution
+        from engine.tts.orchestrator import StyleOrchestrator
+
+        return run_headless(StyleOrchestrator(profile, run), resume=bool(args.resume))
+    from engine.orchestrator import Orchestrator
+
     return run_headless(
         Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
     )
+
+
+def _tts_preflight(profile) -> None:
+    """A TTS run: its style-coliseum devices exist, and its student loads (as the workers will)."""
+    from engine.errors import GenesisError
+    from engine.models import device_problem
+    from engine.tts.student import load_student
+
+    problems = [f"[tts] devices: {p}" for d in profile.tts.devices if (p := device_problem(d))]
+    if problems:
+        raise GenesisError(
+            f"{profile.source}: this machine cannot run the profile: " + "; ".join(problems) + "."
+        )
+    load_student(profile.tts.assets_dir())
 
 
 def _browse(args: argparse.Namespace) -> int:
@@ -196,6 +218,13 @@ def _run_app(app) -> int:
 
 
 def _summary(profile) -> str:
+    if profile.is_tts:
+        tts = profile.tts
+        return (
+            f"{profile.source}: TTS run '{profile.run.name}' (seed {profile.run.seed}) — style evolution of "
+            f"{tts.assets_dir()} on {', '.join(tts.devices)} towards {tts.style().label}; population "
+            f"{tts.population} × {profile.evolution.generations} generations"
+        )
     t = profile.teacher
     teacher = f"{t.model} on {profile.devices.teacher}" if t is not None and t.enabled else "none"
     return (

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from engine.events import (
+    AudioSample,
     CheckpointWritten,
     CommandAck,
     EnginePaused,
@@ -44,8 +45,9 @@ from engine.orchestrator import Orchestrator
 class HeadlessView:
     """Turns engine events into progress bars (on a terminal) or log lines (in a file)."""
 
-    def __init__(self, console: Console, generations: int) -> None:
+    def __init__(self, console: Console, generations: int, metric: str = "val loss") -> None:
         self.console = console
+        self.metric = metric  # what −fitness is: "val loss" (LLM track), "MCD" (TTS track)
         self.live = console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -95,7 +97,8 @@ class HeadlessView:
             self.gen_task = self.progress.add_task(
                 f"generation {e.generation}", total=len(e.to_train) + 1, info=""
             )
-            self.line(f"generation {e.generation}: training {len(e.to_train)} individuals")
+            verb = "scoring" if self.metric == "MCD" else "training"
+            self.line(f"generation {e.generation}: {verb} {len(e.to_train)} individuals")
         elif isinstance(e, TrainFinished):
             if self.gen_task is not None:
                 self.progress.advance(self.gen_task)
@@ -111,11 +114,13 @@ class HeadlessView:
                 self.progress.advance(self.gen_task)
             self.progress.advance(self.run_task)
             self.best = e.best
-            self.progress.update(self.run_task, info=f"best val loss {-e.best:.4f}")
+            self.progress.update(self.run_task, info=f"best {self.metric} {-e.best:.4f}")
             self.line(
-                f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
+                f"generation {e.generation} done in {e.seconds:.1f}s: {self.metric} best {-e.best:.4f} · "
                 f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
             )
+        elif isinstance(e, AudioSample):
+            self.line(f"  audio {e.id} ({e.seconds:.2f}s): {e.path}")
         elif isinstance(e, (PruneReport, TeacherAnswers)):
             self.line(e.summary)
         elif isinstance(e, TeacherLogits) and e.id is None:
@@ -139,6 +144,8 @@ class HeadlessView:
 
 
 def leaderboard_table(orch: Orchestrator, limit: int = 20) -> Table:
+    if getattr(orch, "track", "lora") == "tts":
+        return _style_table(orch, limit)
     table = Table(title="Leaderboard", title_justify="left")
     for col in ("#", "id", "gen", "status", "val loss", "ppl", "rank", "lr", "operator"):
         table.add_column(
@@ -159,10 +166,37 @@ def leaderboard_table(orch: Orchestrator, limit: int = 20) -> Table:
     return table
 
 
+def _style_table(orch, limit: int) -> Table:
+    table = Table(title="Leaderboard (style genomes)", title_justify="left")
+    for col in ("#", "id", "gen", "status", "MCD dB", "operator", "top tokens"):
+        table.add_column(col, justify="right" if col in ("#", "gen", "MCD dB") else "left")
+    for pos, i in enumerate(orch.leaderboard()[:limit], 1):
+        top = sorted(enumerate(i.weights), key=lambda kw: -kw[1])[:3]
+        table.add_row(
+            str(pos),
+            i.id,
+            str(i.generation),
+            i.status,
+            "—" if i.mcd is None else f"{i.mcd:.3f}",
+            i.operator,
+            " ".join(f"t{k}:{w:.2f}" for k, w in top),
+        )
+    return table
+
+
 def champion_summary(orch: Orchestrator, finished: RunFinished) -> str:
     """The champion against the references: the untrained student and, if any, the teacher."""
     if finished.champion_fitness is None:
         return "no champion: no individual was scored"
+    if getattr(orch, "track", "lora") == "tts":
+        mcd = -finished.champion_fitness
+        text = f"champion [bold]{finished.champion}[/] MCD {mcd:.3f} dB to the target style"
+        neutral = orch.neutral_mcd
+        if neutral:
+            text += (
+                f" · neutral style {neutral:.3f} dB · {100 * (neutral - mcd) / neutral:.1f}% lower"
+            )
+        return text
     loss = -finished.champion_fitness
     text = f"champion [bold]{finished.champion}[/] validation loss {loss:.4f}"
     student, teacher = orch.student_loss, orch.teacher_loss
@@ -222,7 +256,8 @@ def run_headless(
 ) -> int:
     """Run to the end, print the leaderboard; exit code 0 when completed, 1 when failed, 130 when stopped."""
     console = console or Console(stderr=False)
-    view = HeadlessView(console, orch.profile.evolution.generations)
+    tts = getattr(orch, "track", "lora") == "tts"
+    view = HeadlessView(console, orch.profile.evolution.generations, "MCD" if tts else "val loss")
     orch.subscribe(view)
     with view.progress:
         finished = asyncio.run(_run(orch, view, resume))

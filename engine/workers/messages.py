@@ -173,3 +173,42 @@ class WorkerFatal:
 
     worker: str
     reason: str
+
+
+# --- the TTS track: style genomes (engine/tts/worker.py) ----------------------------------------
+
+
+@dataclass(frozen=True)
+class StyleEvalTask:
+    """Score style genomes: ``items`` are (id, K logits); one batched forward pass per sentence."""
+
+    job: int
+    items: list[tuple[str, list[float]]]
+
+
+@dataclass(frozen=True)
+class StyleEvalDone:
+    worker: str
+    job: int
+    mcd: dict[str, list[float]]  # id -> MCD (dB) per sentence, against espeak-ng's target audio
+    seconds: float
+
+
+@dataclass(frozen=True)
+class StyleRenderTask:
+    """Speak ``text`` (None: the first scored sentence) in one genome's style, through Griffin-Lim."""
+
+    job: int
+    id: str
+    logits: list[float]
+    text: str | None = None
+
+
+@dataclass(frozen=True)
+class StyleRenderDone:
+    worker: str
+    job: int
+    id: str
+    samples: bytes  # float32 little-endian
+    sample_rate: int
+    text: str

@@ -82,11 +82,11 @@ class WorkerPool:
         *,
         with_teacher: bool,
         log_dir: Path | None = None,
+        specs: list[tuple[str, str, str, Callable[..., Any], int]] | None = None,
     ) -> None:
+        """``specs`` (name, role, device, worker class, threads) replaces the profile's teacher and
+        coliseum workers: the TTS track's style coliseums are declared that way."""
         import torch.multiprocessing as tmp
-
-        from engine.workers.coliseum import Coliseum
-        from engine.workers.teacher import Teacher
 
         self.profile, self.publish = profile, publish
         self.log_dir = log_dir
@@ -96,7 +96,21 @@ class WorkerPool:
         self.results = self.ctx.Queue()
         self.go = self.ctx.Event()
         self.go.set()
-        self.workers: list[_Worker] = []
+        self.workers: list[_Worker] = [_Worker(*spec) for spec in specs or ()]
+        if specs is None:
+            self._profile_workers(profile, with_teacher)
+        self._futures: dict[int, asyncio.Future] = {}
+        self._idle: dict[str, asyncio.Queue] = {}
+        self._jobs = itertools.count(1)
+        self._closing = False
+        self._reader: threading.Thread | None = None
+        self._monitor: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _profile_workers(self, profile: Any, with_teacher: bool) -> None:
+        from engine.workers.coliseum import Coliseum
+        from engine.workers.teacher import Teacher
+
         if with_teacher:
             dev = profile.devices.teacher
             self.workers.append(
@@ -112,13 +126,6 @@ class WorkerPool:
                     auto_threads(profile, dev, "coliseum"),
                 )
             )
-        self._futures: dict[int, asyncio.Future] = {}
-        self._idle: dict[str, asyncio.Queue] = {}
-        self._jobs = itertools.count(1)
-        self._closing = False
-        self._reader: threading.Thread | None = None
-        self._monitor: asyncio.Task | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def roles(self) -> set[str]:
         return {w.role for w in self.workers}
