@@ -566,6 +566,19 @@ class TTSConfig(BaseModel):
         description="devices of the style-coliseum workers, one worker process per entry; the "
         "population is shared out among them",
     )
+    prune_sweep: list[float] = Field(
+        [],
+        max_length=20,
+        description="channel-pruning ratios (each in [0, 1), e.g. [0, 0.1, 0.2, 0.3]) to sweep "
+        "before the evolution (engine/tts/sweep.py: MCD and real-time factor at each, written to "
+        "RUN/sweep/); the evolution then uses the sweet spot's pruned student; empty: no sweep",
+    )
+    max_mcd_increase_db: float = Field(
+        0.5,
+        ge=0,
+        description="the sweep's sweet spot: the fastest ratio whose MCD is at most this many dB "
+        "above the unpruned student's",
+    )
 
     @field_validator("assets", mode="before")
     @classmethod
@@ -580,6 +593,14 @@ class TTSConfig(BaseModel):
             raise _Problem(
                 f'{_fmt(bad[0])} is not a device name — expected "cpu", "cuda", "cuda:N" (N = 0, 1, …) or "mps"'
             )
+        return v
+
+    @field_validator("prune_sweep")
+    @classmethod
+    def _prune_sweep(cls, v: list[float]) -> list[float]:
+        bad = [r for r in v if not 0 <= r < 1]
+        if bad:
+            raise _Problem(f"has the ratio {bad[0]} — a pruning ratio is at least 0 and below 1")
         return v
 
     @field_validator("sentences")

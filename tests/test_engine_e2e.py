@@ -31,7 +31,8 @@ def cli(*args, timeout=600, **kw):
 
 
 def only_run(runs: Path) -> Path:
-    dirs = [p for p in runs.iterdir() if p.is_dir()]
+    """The one run directory under ``runs`` (``.cache``, the teacher's logit cache, is not one)."""
+    dirs = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
     assert len(dirs) == 1, dirs
     return dirs[0]
 

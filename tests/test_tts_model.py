@@ -141,23 +141,20 @@ def test_pruning_half_the_channels_keeps_the_forward_working():
 
 
 def test_pruned_shipped_student_saves_and_loads(shipped, tmp_path):
-    import torch_pruning as tp
+    from engine.tts.sweep import prune
 
-    model = copy.deepcopy(shipped.model)
-    ids = torch.tensor([shipped.vocab.encode_text("The patient has a mild fever.")])
-    pruner = tp.pruner.MetaPruner(
-        model,
-        example_inputs=(ids, model.neutral_weights(1)),
-        importance=tp.importance.GroupMagnitudeImportance(p=2),
-        pruning_ratio=0.5,
-        ignored_layers=prunable_ignored_layers(model),
-    )
-    pruner.step()
+    ids = shipped.vocab.encode_text("The patient has a mild fever.")
+    model = prune(
+        shipped.model, ids, 0.5
+    )  # gradients on while tracing: load_student turns them off
+    before = sum(p.numel() for p in shipped.model.parameters())
+    assert sum(p.numel() for p in model.parameters()) < 0.75 * before  # really pruned
+    assert model.current_config() != shipped.model.current_config()
     save_student(model, shipped.vocab, tmp_path)
     back = load_student(tmp_path)
     assert back.model.current_config() == model.current_config()
-    mel, n = back.model.synthesize_mel(ids, back.model.neutral_weights(2))
-    assert mel.shape[:2] == (2, 80) and int(n[0]) > 20
+    mel, n = back.model.synthesize_mel(torch.tensor([ids]), back.model.neutral_weights(2))
+    assert mel.shape[:2] == (2, 80) and int(n[0]) > 0
 
 
 def test_shipped_assets_load_and_speak(shipped):

@@ -311,6 +311,73 @@ class StyleOrchestrator:
             for i, d in enumerate(devices)
         ]
 
+    async def _prune_sweep(self) -> Any:
+        """[tts] prune_sweep: sweep the pruning ratios in a spawned process (engine/tts/sweep.py;
+        outputs in RUN/sweep/), publish the table's summary, and return the profile with the
+        chosen pruned student (RUN/sweep/student) as its assets, which the style workers load.
+        A resumed run whose sweep (same ratios and bound) finished reuses it."""
+        import json
+        import multiprocessing
+        import os
+        from concurrent.futures import ProcessPoolExecutor
+
+        from engine.tts.student import _read_config
+        from engine.tts.sweep import sweep_job
+        from engine.tts.worker import scored_sentences
+
+        prof, tts = self.profile, self.profile.tts
+        out = self.run_dir.path / "sweep"
+        ratios = [float(r) for r in tts.prune_sweep]
+        previous = None
+        try:
+            previous = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            pass
+        if (
+            previous is not None
+            and [p["ratio"] for p in previous.get("points", [])] == [round(r, 4) for r in ratios]
+            and previous.get("max_mcd_increase_db") == tts.max_mcd_increase_db
+            and (out / "student" / "config.json").is_file()
+        ):
+            self.publish(Log("info", f"reusing the pruning sweep in {out}: {previous['summary']}"))
+        else:
+            self.publish(
+                Log(
+                    "info",
+                    f"pruning sweep over ratios {', '.join(f'{r:g}' for r in ratios)} "
+                    f"(sweet spot: the fastest within +{tts.max_mcd_increase_db:g} dB MCD)",
+                )
+            )
+            sentences = scored_sentences(prof, _read_config(tts.assets_dir()))
+            style = tts.style()
+            style_dict = {
+                "voice": style.voice,
+                "variant": style.variant,
+                "pitch": style.pitch,
+                "rate": style.rate,
+                "pitch_range": style.pitch_range,
+            }
+            threads = prof.devices.threads_per_worker or (os.cpu_count() or 1)
+            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                res = await asyncio.get_running_loop().run_in_executor(
+                    pool,
+                    sweep_job,
+                    str(tts.assets_dir()),
+                    str(out),
+                    ratios,
+                    tts.max_mcd_increase_db,
+                    sentences,
+                    style_dict,
+                    threads,
+                    tts.griffin_lim_iters,
+                )
+            finally:
+                await asyncio.to_thread(pool.shutdown)
+            self.publish(Log("info", f"{res['summary']}; table in {out / 'sweep.md'}"))
+        new_tts = tts.model_copy(update={"assets": out / "student"})
+        return prof.model_copy(update={"tts": new_tts})
+
     async def run(self, *, resume: bool = False) -> RunFinished:
         prof = self.profile
         self._resume_gate = asyncio.Event()
@@ -332,6 +399,17 @@ class StyleOrchestrator:
                 resumed_from,
             )
         )
+        if prof.tts.prune_sweep:
+            try:
+                prof = self.profile = await self._prune_sweep()
+            except Exception as exc:
+                from engine.workers.common import describe
+
+                self.publish(Log("error", f"the pruning sweep failed: {describe(exc)}"))
+                finished = RunFinished("failed", None, None, None, describe(exc))
+                self.publish(finished)
+                self.run_dir.close()
+                return finished
         self.pool = WorkerPool(
             prof,
             self.publish,

@@ -1,0 +1,208 @@
+"""The channel-pruning sweep (engine/tts/sweep.py): pruned models at growing ratios, the sweet-spot
+rule, the outputs (JSON, markdown, hand-written SVG, the chosen student) and ratio 0 = unpruned."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import torch
+
+from engine.tts import sweep as sw
+from engine.tts.espeak import Style, synthesize
+from engine.tts.mcd import MCDReference
+from engine.tts.model import StudentConfig, TTSStudent, count_parameters
+from engine.tts.student import ASSETS_DIR, load_student, mels_to_audio
+
+TINY = {
+    "hidden": 32,
+    "encoder_filters": (48, 40),
+    "decoder_filters": (48, 40),
+    "duration_filters": (24, 16),
+    "n_tokens": 6,
+    "token_dim": 16,
+    "reference_filters": (24, 24),
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_student(ASSETS_DIR)
+
+
+def _point(ratio: float, mcd: float, rtf: float) -> sw.SweepPoint:
+    return sw.SweepPoint(
+        ratio=ratio,
+        params=1000 - int(ratio * 1000),
+        params_inference=900 - int(ratio * 900),
+        encoder_filters=(8,),
+        decoder_filters=(8,),
+        duration_filters=(4, 4),
+        mcd=mcd,
+        mcd_per_sentence=(mcd,),
+        rtf_model=rtf,
+        rtf_vocoder=0.05,
+        rtf_total=rtf + 0.05,
+        rtf_audio_s=30.0,
+        rtf_model_same_frames=rtf,
+        prune_seconds=0.1,
+    )
+
+
+def test_pruned_tiny_models_run_and_shrink_as_the_ratio_grows():
+    torch.manual_seed(0)
+    model = TTSStudent(StudentConfig(n_symbols=20, **TINY)).eval()
+    for p in model.parameters():  # as load_student leaves them: prune() must still trace
+        p.requires_grad_(False)
+    ids = [3, 4, 5, 6, 7, 8]
+    sizes = []
+    for ratio in (0.0, 0.2, 0.4, 0.6):
+        pruned = sw.prune(model, ids, ratio)
+        mels, lengths = pruned.synthesize_mel(ids, torch.softmax(torch.randn(2, 6), -1))
+        assert mels.shape[:2] == (2, 80) and torch.isfinite(mels).all()
+        sizes.append(count_parameters(pruned))
+    assert sizes[0] == count_parameters(model)  # the original is untouched, ratio 0 = a copy
+    assert all(a > b for a, b in zip(sizes, sizes[1:], strict=False)), sizes
+    with pytest.raises(ValueError):
+        sw.prune(model, ids, 1.0)
+
+
+def test_rule_picks_the_fastest_point_within_the_bound():
+    points = [
+        _point(0.0, 3.0, 0.010),
+        _point(0.1, 3.2, 0.008),
+        _point(0.2, 3.45, 0.007),  # within 0.5 dB, fastest of those
+        _point(0.3, 3.6, 0.005),  # faster, but 0.6 dB worse
+        _point(0.4, 5.0, 0.004),
+    ]
+    assert sw.choose(points, 0.5).ratio == 0.2
+    assert sw.choose(points, 0.1).ratio == 0.0  # nothing else within the bound
+    assert sw.choose(points, 10.0).ratio == 0.4
+    # a noisy timing: a pruned point slower than the baseline is not chosen over it
+    noisy = [_point(0.0, 3.0, 0.006), _point(0.1, 3.1, 0.007)]
+    assert sw.choose(noisy, 0.5).ratio == 0.0
+    with pytest.raises(ValueError):
+        sw.choose([], 0.5)
+
+
+def test_outputs_are_written_and_well_formed(tmp_path):
+    points = [_point(0.0, 3.0, 0.010), _point(0.1, 3.2, 0.008), _point(0.2, 4.0, 0.006)]
+    chosen = sw.choose(points, 0.5)
+    paths = sw.write_outputs(tmp_path, points, chosen, 0.5, meta={"sentences": ["Hi."]})
+    data = json.loads(paths["json"].read_text(encoding="utf-8"))
+    assert data["chosen_ratio"] == 0.1 and data["max_mcd_increase_db"] == 0.5
+    assert data["rule"] == sw.RULE and [p["ratio"] for p in data["points"]] == [0.0, 0.1, 0.2]
+    md = paths["md"].read_text(encoding="utf-8")
+    assert md.count("\n| 0.") == 3 and "◀ chosen" in md
+    root = ET.parse(paths["svg"]).getroot()
+    ns = "{http://www.w3.org/2000/svg}"
+    assert root.tag == f"{ns}svg"
+    assert len(root.findall(f"{ns}polyline")) == 2 and len(root.findall(f"{ns}circle")) == 6
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_sweep_on_the_shipped_student(shipped, tmp_path):
+    sentence = shipped.config["eval_sentences"][4]  # "The scan was abnormal." — short
+    style = Style(**shipped.config["target_style"])
+    points = sw.sweep(shipped, [0.0, 0.3], [sentence], style, rtf_batch=2, rtf_repeat=1, n_iter=8)
+    base, pruned = points
+    assert pruned.params < base.params and pruned.params_inference < base.params_inference
+    assert pruned.encoder_filters[0] < base.encoder_filters[0]
+    assert all(
+        np.isfinite([p.mcd, p.rtf_model, p.rtf_total, p.rtf_model_same_frames]).all()
+        for p in points
+    )
+    # ratio 0 reproduces the unpruned student's MCD in the same fixed style
+    ref = synthesize(sentence, style)
+    w = sw.target_weights(shipped, [sentence], [ref])
+    with torch.no_grad():
+        mels, lengths = shipped.model.synthesize_mel(shipped.vocab.encode_text(sentence), w[None])
+    (wav,) = mels_to_audio(mels, lengths, n_iter=8)
+    assert base.mcd == pytest.approx(MCDReference(ref.samples).score(wav), abs=1e-9)
+    # the chosen student is saved and loads with its pruned widths
+    paths = sw.write_outputs(
+        tmp_path, points, points[1], 0.5, student=shipped, meta={"sentences": [sentence]}
+    )
+    back = load_student(paths["student"])
+    assert back.model.current_config().encoder_filters == pruned.encoder_filters
+    assert back.config["pruning"]["ratio"] == 0.3
+    assert count_parameters(back.model) == pruned.params
+
+
+def test_a_tts_run_sweeps_first_and_evolves_the_chosen_student(tmp_path):
+    """[tts] prune_sweep = [0.3] (one ratio: it is the baseline and the choice): the sweep runs in
+    a spawned process, writes RUN/sweep/, logs its summary, and the style workers load the pruned
+    student — the neutral genome's MCD is the pruned student's, not the shipped one's."""
+    import asyncio
+
+    from engine.events import Log
+    from engine.profile import parse_profile
+    from engine.rundir import RunDir
+    from engine.tts.orchestrator import StyleOrchestrator
+
+    sentence = "The scan was abnormal."
+    text = (
+        f'[run]\nname = "swept"\nseed = 3\noutput_dir = "{tmp_path}"\n'
+        f'[tts]\nsentences = ["{sentence}"]\npopulation = 3\ngriffin_lim_iters = 4\n'
+        "prune_sweep = [0.3]\nmax_mcd_increase_db = 0.5\n"
+        "[devices]\nthreads_per_worker = 1\n"
+        "[evolution]\ngenerations = 1\nelitism = 1\ntournament_size = 2\n"
+    )
+    profile = parse_profile(text, source=tmp_path / "p.toml")
+    assert profile.tts.prune_sweep == [0.3] and profile.tts.max_mcd_increase_db == 0.5
+    run = RunDir.create(tmp_path, "swept", profile.to_toml())
+    orch = StyleOrchestrator(profile, run)
+    events = []
+    orch.subscribe(events.append)
+    finished = asyncio.run(orch.run())
+    assert finished.status == "completed", finished.reason
+    out = run.path / "sweep"
+    data = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
+    assert data["chosen_ratio"] == 0.3 and (out / "sweep.md").is_file()
+    ET.parse(out / "sweep.svg")
+    assert any(isinstance(e, Log) and "chosen 0.30" in e.message for e in events)
+    assert orch.profile.tts.assets_dir() == out / "student"
+
+    pruned = load_student(out / "student")
+    assert pruned.model.current_config().encoder_filters[0] < 256
+    style = profile.tts.style()
+    ref = MCDReference(synthesize(sentence, style).samples)
+
+    def neutral_mcd(student):
+        ids = student.vocab.encode_text(sentence)
+        with torch.no_grad():
+            mels, lengths = student.model.synthesize_mel(ids, student.model.neutral_weights(1))
+        return ref.score(mels_to_audio(mels, lengths, n_iter=4)[0])
+
+    assert orch.neutral_mcd == pytest.approx(neutral_mcd(pruned), abs=1e-4)
+    assert abs(orch.neutral_mcd - neutral_mcd(load_student(ASSETS_DIR))) > 1e-3
+
+    # a resumed run reuses the finished sweep rather than sweeping again
+    again = StyleOrchestrator(profile, RunDir.open(run.path))
+    logged = []
+    again.subscribe(logged.append)
+    assert asyncio.run(again.run(resume=True)).status == "completed"
+    assert any(isinstance(e, Log) and "reusing the pruning sweep" in e.message for e in logged)
+    assert again.profile.tts.assets_dir() == out / "student"
+
+
+def test_profile_refuses_a_pruning_ratio_of_one(tmp_path):
+    from engine.errors import ProfileError
+    from engine.profile import parse_profile
+
+    text = (
+        f'[run]\nname = "x"\noutput_dir = "{tmp_path}"\n[tts]\nprune_sweep = [0, 1.0]\n'
+        "[evolution]\nelitism = 1\n"
+    )
+    with pytest.raises(ProfileError, match=r"\[tts\] prune_sweep"):
+        parse_profile(text, source=tmp_path / "p.toml")
