@@ -247,6 +247,8 @@ async def test_the_tui_shows_a_tts_run_and_its_champion_sample(tiny_run, monkeyp
         board = app.query_one(Leaderboard)
         assert board.row_count >= 6
         assert board.selected is not None and board.selected.id == orch.champion.id
+        labels = {str(c.key.value): str(c.label) for c in board.columns.values()}
+        assert labels["val_loss"] == "MCD dB" and board.style_track  # not "val loss"
         await pilot.press("4")
         await pilot.pause(0.1)
         text = str(app.query_one(audio_pane.AudioPane).content)

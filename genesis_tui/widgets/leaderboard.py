@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from rich.text import Text
 from textual.widgets import DataTable
+from textual.widgets.data_table import ColumnKey
 
 from engine.events import Event, IndividualUpdate, TrainFinished, TrainProgress
 
@@ -102,6 +103,9 @@ class Leaderboard(DataTable):
         # moved, it stays on the chosen individual however the rows are re-sorted.
         self.pinned = False
         self.hint = "starting the engine…"
+        # The TTS track's individuals are style genomes scored by MCD, not adapters scored by
+        # validation loss: the columns say so once the first one arrives.
+        self.style_track = False
 
     def on_mount(self) -> None:
         for key, label in COLUMNS:
@@ -168,6 +172,8 @@ class Leaderboard(DataTable):
                 )
                 self.entries[e.id] = entry
                 changed.add(e.id)
+                if entry.genome.get("kind") == "style" and not self.style_track:
+                    self._style_columns()
             elif isinstance(e, TrainProgress):
                 entry = self.entries.get(e.id)
                 if entry is not None:
@@ -183,8 +189,17 @@ class Leaderboard(DataTable):
             self._write_rows(changed)
         return changed
 
+    def _style_columns(self) -> None:
+        self.style_track = True
+        for key, label in (("val_loss", "MCD dB"), ("ppl", "—"), ("rank", "—")):
+            column = self.columns.get(ColumnKey(key))
+            if column is not None:
+                column.label = Text(label)
+        self.refresh()
+
     def _cells(self, e: Entry) -> list[Text | str]:
         parents = "+".join(e.parents) if e.parents else "—"
+        style = e.genome.get("kind") == "style"
         return [
             e.id,  # plain: the sort key function receives it
             Text(str(e.generation), justify="right"),
@@ -192,7 +207,7 @@ class Leaderboard(DataTable):
             _num(e.fitness, "{:.4f}"),
             _num(e.val_loss, "{:.4f}"),
             _num(e.perplexity, "{:.1f}"),
-            Text(str(e.rank), justify="right"),
+            Text("—" if style else str(e.rank), justify="right"),
             Text(parents, style="bright_black" if not e.parents else ""),
             e.operator,
         ]
