@@ -352,21 +352,12 @@ def sequence_cache_key(
 
 def save_answers(path: Path, prompts: list[str], answers: list[str], meta: dict[str, str]) -> None:
     """Write the teacher's answers (with their prompts and ``meta``) as JSON, atomically."""
+    from engine.rundir import atomic_write_text
+
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"meta": meta, "prompts": prompts, "answers": answers}, f, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    doc = {"meta": meta, "prompts": prompts, "answers": answers}
+    atomic_write_text(Path(path), json.dumps(doc, ensure_ascii=False))
 
 
 def load_answers(path: Path) -> tuple[list[str], list[str], dict[str, str]]:

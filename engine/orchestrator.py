@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-import random
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,7 @@ from engine.events import (
     Command,
     CommandAck,
     Cull,
-    EnginePaused,
     EvaluationFinished,
-    Event,
     Exported,
     ExportIndividual,
     GenerationFinished,
@@ -51,6 +47,7 @@ from engine.events import (
     command_from_dict,
 )
 from engine.individual import Individual, LoraGenome, LoraTensors
+from engine.runcontrol import RunControl
 from engine.rundir import RunDir
 from engine.workers import messages as m
 from engine.workers.pool import JobCancelled, JobError, WorkerPool
@@ -70,37 +67,20 @@ def _from_bytes(blob: bytes) -> LoraTensors:
     return load(blob)
 
 
-class Orchestrator:
+class Orchestrator(RunControl):
     def __init__(self, profile: Any, run: RunDir, *, merge_champion: bool = False) -> None:
-        self.profile = profile
-        self.run_dir = run
+        super().__init__(profile, run)
         self.merge_champion = merge_champion
-        self.subscribers: list[Callable[[Event], None]] = []
         self.population: list[Individual] = []
-        self.rng = random.Random(profile.run.seed)
-        self.next_id = 1
-        self.generation = -1
-        self.history: list[dict[str, float]] = []
         self.teacher_loss: float | None = None
         self.student_loss: float | None = None
-        self.paused = False
-        self.stop_requested = False
         self.pool: WorkerPool | None = None
-        self._resume_gate: asyncio.Event | None = None
         self._culled: set[str] = set()
         self.champion: Individual | None = None
         self.kd_path: str | None = None  # the teacher's logit cache (distillation, cache mode)
         self.answers_path: str | None = None  # the teacher's answers (sequence distillation)
 
     # --- events and commands --------------------------------------------------------------------
-
-    def subscribe(self, fn: Callable[[Event], None]) -> None:
-        self.subscribers.append(fn)
-
-    def publish(self, event: Event) -> None:
-        self.run_dir.append_event(event)
-        for fn in list(self.subscribers):
-            fn(event)
 
     def _update(self, ind: Individual) -> None:
         g = ind.genome
@@ -125,32 +105,9 @@ class Orchestrator:
     def find(self, ind_id: str) -> Individual | None:
         return next((i for i in self.population if i.id == ind_id), None)
 
-    def submit(self, command: Command) -> CommandAck:
-        """Apply an operator command now (call from the event loop's thread); always acknowledged."""
-        ok, detail = self._apply(command)
-        ack = CommandAck(command.to_dict(), ok, detail)
-        self.publish(ack)
-        return ack
-
     def _apply(self, cmd: Command) -> tuple[bool, str]:
-        if isinstance(cmd, PauseEngine):
-            if cmd.paused == self.paused:
-                return True, "already " + ("paused" if cmd.paused else "running")
-            self.paused = cmd.paused
-            if self.pool is not None:
-                self.pool.pause(cmd.paused)
-            if self._resume_gate is not None:
-                (self._resume_gate.clear if cmd.paused else self._resume_gate.set)()
-            self.publish(EnginePaused(cmd.paused))
-            return True, "paused: workers stop at their next step" if cmd.paused else "resumed"
-        if isinstance(cmd, StopRun):
-            self.stop_requested = True
-            if self.paused:
-                self._apply(PauseEngine(False))
-            return (
-                True,
-                "stopping after the work in flight; the last complete generation stays resumable",
-            )
+        if isinstance(cmd, (PauseEngine, StopRun)):
+            return super()._apply(cmd)
         ind = self.find(getattr(cmd, "id", ""))
         if ind is None:
             return False, f"no individual {getattr(cmd, 'id', '?')!r} in the current population"
@@ -192,17 +149,7 @@ class Orchestrator:
             return True, f"exporting {ind.id} (after the coliseum's job in flight)"
         return False, f"unknown command {cmd.kind}"
 
-    async def _gate(self) -> None:
-        """A safe point: waits while the engine is paused."""
-        if self._resume_gate is not None:
-            await self._resume_gate.wait()
-
     # --- population -----------------------------------------------------------------------------
-
-    def _new_id(self, generation: int) -> str:
-        ind_id = f"g{generation}-{self.next_id:03d}"
-        self.next_id += 1
-        return ind_id
 
     def _alpha(self, rank: int) -> float:
         pop = self.profile.population

@@ -152,3 +152,26 @@ def tiny_profile(tiny_lab, tmp_path):
         return p
 
     return make
+
+
+# A TTS student small enough to build and prune in a test (engine.tts.model.StudentConfig fields).
+TINY_TTS = {
+    "hidden": 32,
+    "encoder_filters": (48, 40),
+    "decoder_filters": (48, 40),
+    "duration_filters": (24, 16),
+    "n_tokens": 6,
+    "token_dim": 16,
+    "reference_filters": (24, 24),
+}
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test (small models run faster, and a busy CI stays fair)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -10,6 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TTS
 
 from engine.errors import ModelError
 from engine.tts import build as tts_build
@@ -29,29 +30,13 @@ from engine.tts.student import (
     save_student,
 )
 
-TINY = {
-    "hidden": 32,
-    "encoder_filters": (48, 40),
-    "decoder_filters": (48, 40),
-    "duration_filters": (24, 16),
-    "n_tokens": 6,
-    "token_dim": 16,
-    "reference_filters": (24, 24),
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
 def tiny() -> TTSStudent:
     torch.manual_seed(0)
-    model = TTSStudent(StudentConfig(n_symbols=20, **TINY)).eval()
+    model = TTSStudent(StudentConfig(n_symbols=20, **TINY_TTS)).eval()
     with torch.no_grad():  # a trained model predicts durations of a few frames, not ~0
         model.duration.out.bias.fill_(1.5)
     return model
@@ -117,7 +102,7 @@ def test_pruning_half_the_channels_keeps_the_forward_working():
     import torch_pruning as tp
 
     torch.manual_seed(0)
-    model = TTSStudent(StudentConfig(n_symbols=20, **TINY)).eval()
+    model = TTSStudent(StudentConfig(n_symbols=20, **TINY_TTS)).eval()
     before = count_parameters(model)
     ids = torch.tensor([[3, 4, 5, 6, 7, 8]])
     w = model.neutral_weights(1)

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TTS
 
 from engine.tts import sweep as sw
 from engine.tts.espeak import Style, synthesize
@@ -16,23 +17,7 @@ from engine.tts.mcd import MCDReference
 from engine.tts.model import StudentConfig, TTSStudent, count_parameters
 from engine.tts.student import ASSETS_DIR, load_student, mels_to_audio
 
-TINY = {
-    "hidden": 32,
-    "encoder_filters": (48, 40),
-    "decoder_filters": (48, 40),
-    "duration_filters": (24, 16),
-    "n_tokens": 6,
-    "token_dim": 16,
-    "reference_filters": (24, 24),
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +46,7 @@ def _point(ratio: float, mcd: float, rtf: float) -> sw.SweepPoint:
 
 def test_pruned_tiny_models_run_and_shrink_as_the_ratio_grows():
     torch.manual_seed(0)
-    model = TTSStudent(StudentConfig(n_symbols=20, **TINY)).eval()
+    model = TTSStudent(StudentConfig(n_symbols=20, **TINY_TTS)).eval()
     for p in model.parameters():  # as load_student leaves them: prune() must still trace
         p.requires_grad_(False)
     ids = [3, 4, 5, 6, 7, 8]

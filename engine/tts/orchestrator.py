@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 from engine import genetics
@@ -30,9 +28,6 @@ from engine.events import (
     AudioSample,
     CheckpointWritten,
     Command,
-    CommandAck,
-    EnginePaused,
-    Event,
     GenerationFinished,
     GenerationStarted,
     IndividualUpdate,
@@ -42,6 +37,7 @@ from engine.events import (
     RunStarted,
     StopRun,
 )
+from engine.runcontrol import RunControl
 from engine.rundir import RunDir, atomic_write_bytes
 from engine.tts.evolution import StyleIndividual, initial_logits, next_generation
 from engine.workers import messages as m
@@ -63,23 +59,14 @@ def wav_bytes(samples: Any, sample_rate: int) -> bytes:
     return buf.getvalue()
 
 
-class StyleOrchestrator:
+class StyleOrchestrator(RunControl):
     track = "tts"
 
     def __init__(self, profile: Any, run: RunDir) -> None:
-        self.profile = profile
-        self.run_dir = run
-        self.subscribers: list[Callable[[Event], None]] = []
+        super().__init__(profile, run)
         self.population: list[StyleIndividual] = []
-        self.rng = random.Random(profile.run.seed)
-        self.next_id = 1
-        self.generation = -1
-        self.history: list[dict[str, float]] = []
         self.neutral_mcd: float | None = None
-        self.paused = False
-        self.stop_requested = False
         self.pool: WorkerPool | None = None
-        self._resume_gate: asyncio.Event | None = None
         self.champion: StyleIndividual | None = None
         self.k = K_DEFAULT
         # kept for the headless summary, which reads these of either orchestrator
@@ -87,14 +74,6 @@ class StyleOrchestrator:
         self.teacher_loss: float | None = None
 
     # --- events and commands --------------------------------------------------------------------
-
-    def subscribe(self, fn: Callable[[Event], None]) -> None:
-        self.subscribers.append(fn)
-
-    def publish(self, event: Event) -> None:
-        self.run_dir.append_event(event)
-        for fn in list(self.subscribers):
-            fn(event)
 
     def _update(self, ind: StyleIndividual) -> None:
         self.publish(
@@ -115,43 +94,12 @@ class StyleOrchestrator:
             )
         )
 
-    def submit(self, command: Command) -> CommandAck:
-        ok, detail = self._apply(command)
-        ack = CommandAck(command.to_dict(), ok, detail)
-        self.publish(ack)
-        return ack
-
     def _apply(self, cmd: Command) -> tuple[bool, str]:
-        if isinstance(cmd, PauseEngine):
-            if cmd.paused == self.paused:
-                return True, "already " + ("paused" if cmd.paused else "running")
-            self.paused = cmd.paused
-            if self.pool is not None:
-                self.pool.pause(cmd.paused)
-            if self._resume_gate is not None:
-                (self._resume_gate.clear if cmd.paused else self._resume_gate.set)()
-            self.publish(EnginePaused(cmd.paused))
-            return True, "paused: workers stop at their next step" if cmd.paused else "resumed"
-        if isinstance(cmd, StopRun):
-            self.stop_requested = True
-            if self.paused:
-                self._apply(PauseEngine(False))
-            return (
-                True,
-                "stopping after the work in flight; the last complete generation stays resumable",
-            )
+        if isinstance(cmd, (PauseEngine, StopRun)):
+            return super()._apply(cmd)
         return False, f"{cmd.kind} is not available in the TTS track (pause and stop are)"
 
-    async def _gate(self) -> None:
-        if self._resume_gate is not None:
-            await self._resume_gate.wait()
-
     # --- population -----------------------------------------------------------------------------
-
-    def _new_id(self, generation: int) -> str:
-        ind_id = f"g{generation}-{self.next_id:03d}"
-        self.next_id += 1
-        return ind_id
 
     def initial_population(self) -> list[StyleIndividual]:
         tts = self.profile.tts

@@ -1,0 +1,83 @@
+"""What both tracks' orchestrators share: the event stream, the operator's pause and stop, the
+safe point that honours a pause, and individual ids.
+
+``engine.orchestrator.Orchestrator`` (LoRA adapters) and ``engine.tts.orchestrator
+.StyleOrchestrator`` (style genomes) derive from ``RunControl``; each adds its own commands on top
+of ``_apply`` (promote, cull, export are the LLM track's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+from engine.events import Command, CommandAck, EnginePaused, Event, PauseEngine, StopRun
+from engine.rundir import RunDir
+
+
+class RunControl:
+    def __init__(self, profile: Any, run: RunDir) -> None:
+        self.profile = profile
+        self.run_dir = run
+        self.subscribers: list[Callable[[Event], None]] = []
+        self.population: list[Any] = []
+        self.rng = random.Random(profile.run.seed)
+        self.next_id = 1
+        self.generation = -1
+        self.history: list[dict[str, float]] = []
+        self.paused = False
+        self.stop_requested = False
+        self.pool: Any = None  # the WorkerPool, once the run starts
+        self._resume_gate: asyncio.Event | None = None
+
+    # --- events and commands --------------------------------------------------------------------
+
+    def subscribe(self, fn: Callable[[Event], None]) -> None:
+        self.subscribers.append(fn)
+
+    def publish(self, event: Event) -> None:
+        self.run_dir.append_event(event)
+        for fn in list(self.subscribers):
+            fn(event)
+
+    def submit(self, command: Command) -> CommandAck:
+        """Apply an operator command now (call from the event loop's thread); always acknowledged."""
+        ok, detail = self._apply(command)
+        ack = CommandAck(command.to_dict(), ok, detail)
+        self.publish(ack)
+        return ack
+
+    def _apply(self, cmd: Command) -> tuple[bool, str]:
+        """Pause/resume and stop; a track's orchestrator handles its other commands first or
+        after (``super()._apply``)."""
+        if isinstance(cmd, PauseEngine):
+            if cmd.paused == self.paused:
+                return True, "already " + ("paused" if cmd.paused else "running")
+            self.paused = cmd.paused
+            if self.pool is not None:
+                self.pool.pause(cmd.paused)
+            if self._resume_gate is not None:
+                (self._resume_gate.clear if cmd.paused else self._resume_gate.set)()
+            self.publish(EnginePaused(cmd.paused))
+            return True, "paused: workers stop at their next step" if cmd.paused else "resumed"
+        if isinstance(cmd, StopRun):
+            self.stop_requested = True
+            if self.paused:
+                self._apply(PauseEngine(False))
+            return (
+                True,
+                "stopping after the work in flight; the last complete generation stays resumable",
+            )
+        return False, f"unknown command {cmd.kind}"
+
+    async def _gate(self) -> None:
+        """A safe point: waits while the engine is paused."""
+        if self._resume_gate is not None:
+            await self._resume_gate.wait()
+
+    def _new_id(self, generation: int) -> str:
+        ind_id = f"g{generation}-{self.next_id:03d}"
+        self.next_id += 1
+        return ind_id
