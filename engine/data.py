@@ -267,3 +267,11 @@ def data_hash(path: Path | str) -> str:
     except OSError as exc:
         raise DataError(f"The data file {path} cannot be read ({exc.strerror or exc}).") from None
     return h.hexdigest()[:16]
+
+
+def check_data(profile: Any) -> None:
+    """Read the profile's training and validation splits as the workers will (the same limits), so
+    a malformed or empty file is a ``DataError`` before a run directory exists, not a failed run."""
+    d = profile.data
+    read_examples(d.train, d.format, limit=d.max_train_examples)
+    read_examples(d.validation, d.format, limit=d.max_val_examples)

@@ -122,6 +122,57 @@ def preflight(profile: Any) -> None:
             "The profile itself is valid against the schema; "
             "run it on the machine it names, or copy it and change the devices and models."
         )
+    t = target_modules_problem(profile)
+    if t:
+        source = getattr(profile, "source", "the profile")
+        raise ModelError(f"{source}: {t}. Change the list in the profile to some of those names.")
+
+
+def target_modules_problem(profile: Any) -> str | None:
+    """Which of ``[population] target_modules`` the student does not have, and the names it does.
+
+    PEFT matches a target against the end of a module's dotted name (``q_proj`` matches
+    ``model.layers.0.self_attn.q_proj``); without this check a misspelt target makes every
+    coliseum worker fail to start, after the run directory exists. The student is built on the
+    meta device from its config alone: no weights are read.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    spec = profile.student
+    path = str(Path(spec.model).expanduser()) if is_local(spec.model) else spec.model
+    try:
+        config = AutoConfig.from_pretrained(
+            path,
+            revision=spec.revision,
+            trust_remote_code=spec.trust_remote_code,
+            local_files_only=True,
+        )
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(
+                config, trust_remote_code=spec.trust_remote_code
+            )
+    except Exception:  # noqa: BLE001 - an unloadable model is the workers' error to report, in full
+        return None
+    linear = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d))
+        or type(module).__name__ == "Conv1D"
+    }
+    names = [name for name, _ in model.named_modules()]
+    missing = [
+        t
+        for t in profile.population.target_modules
+        if not any(n == t or n.endswith("." + t) for n in names)
+    ]
+    if not missing:
+        return None
+    return (
+        f"[population] target_modules: {', '.join(repr(t) for t in missing)} "
+        f"{'is not a module' if len(missing) == 1 else 'are not modules'} of the student "
+        f"{spec.model}; its linear layers are {', '.join(sorted(linear))}"
+    )
 
 
 def load_tokenizer(spec: Any) -> PreTrainedTokenizerBase:

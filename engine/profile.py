@@ -981,6 +981,12 @@ def parse_profile(text: str, *, source: Path) -> Profile:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(_toml_syntax_message(exc, text, shown)) from None
+    if not raw:
+        raise ProfileError(
+            f"{shown}: the profile is empty (no sections, no keys); a run needs at least [run] name, "
+            "[student] model and [data] train and validation (or a [tts] section) — start from a "
+            "copy of profiles/demo.toml; `genesis-tui --help-profile` lists every field."
+        )
 
     locator = _Locator(text)
     problems: list[tuple[int | None, int, str]] = []  # (line, order, sentence)

@@ -125,6 +125,9 @@ def _main(args: argparse.Namespace) -> int:
     if profile.is_tts:
         _tts_preflight(profile)
     else:
+        from engine.data import check_data
+
+        check_data(profile)
         preflight(profile)
     if args.check:
         print(_summary(profile))
