@@ -118,9 +118,7 @@ CASES = [
     Case(
         "profile missing", lambda tmp, lab, w: ["--profile", str(tmp / "nope.toml")], ("nope.toml",)
     ),
-    Case(
-        "profile is a directory", lambda tmp, lab, w: ["--profile", str(tmp)], (str("directory"),)
-    ),
+    Case("profile is a directory", lambda tmp, lab, w: ["--profile", str(tmp)], ("directory",)),
     # --- the schema ----------------------------------------------------------------------------
     Case(
         "unknown key", profile_with(training__lerning_rate=0.1), ("lerning_rate", "learning_rate")
