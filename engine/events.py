@@ -62,6 +62,9 @@ class RunStarted(Event):
     generations: int
     population_size: int
     resumed_from: int | None = None  # generation resumed after, when resuming
+    # The models loaded with trust_remote_code (their repository's Python runs in the workers):
+    # "student", "teacher"; the UI keeps this in sight for the whole run.
+    remote_code: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,16 @@ def weights_problem(model: str, revision: str | None = None) -> str | None:
         path = Path(model).expanduser()
         if not (path / "config.json").is_file():
             return f"'{model}' is not a model directory (no config.json in it)"
+        if not any(path.glob("*.safetensors")):
+            pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(
+                p.name for p in path.glob("*.pt*")
+            )
+            found = f" (it has {', '.join(pickles)}: pickle files)" if pickles else ""
+            return (
+                f"'{model}' has no safetensors weights{found}; Genesis Lab never loads pickle "
+                "checkpoints, which can run code when loaded — convert them once where you trust "
+                "them: AutoModelForCausalLM.from_pretrained(dir).save_pretrained(dir)"
+            )
         return None
     from huggingface_hub import try_to_load_from_cache
 
@@ -128,50 +138,64 @@ def preflight(profile: Any) -> None:
         raise ModelError(f"{source}: {t}. Change the list in the profile to some of those names.")
 
 
+def model_dir(model: str, revision: str | None = None) -> Path | None:
+    """The local directory holding ``model``'s files (a hub id: its snapshot in the local cache)."""
+    if is_local(model):
+        return Path(model).expanduser()
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "config.json", revision=revision)
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def weight_shapes(model: str, revision: str | None = None) -> dict[str, list[int]]:
+    """Every tensor name of the model's safetensors files with its shape, from their headers
+    alone (no weight is read)."""
+    from safetensors import safe_open
+
+    root = model_dir(model, revision)
+    shapes: dict[str, list[int]] = {}
+    for f in sorted(root.glob("*.safetensors")) if root is not None else []:
+        try:
+            with safe_open(str(f), framework="pt") as st:
+                for name in st.keys():  # noqa: SIM118 - safe_open is not a mapping
+                    shapes[name] = list(st.get_slice(name).get_shape())
+        except Exception:  # noqa: BLE001 - an unreadable file is the workers' error, in full
+            return {}
+    return shapes
+
+
 def target_modules_problem(profile: Any) -> str | None:
     """Which of ``[population] target_modules`` the student does not have, and the names it does.
 
     PEFT matches a target against the end of a module's dotted name (``q_proj`` matches
     ``model.layers.0.self_attn.q_proj``); without this check a misspelt target makes every
-    coliseum worker fail to start, after the run directory exists. The student is built on the
-    meta device from its config alone: no weights are read.
+    coliseum worker fail to start, after the run directory exists. The module names come from the
+    tensor names in the student's safetensors headers: no model is built, no weight read.
     """
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     spec = profile.student
-    path = str(Path(spec.model).expanduser()) if is_local(spec.model) else spec.model
-    try:
-        config = AutoConfig.from_pretrained(
-            path,
-            revision=spec.revision,
-            trust_remote_code=spec.trust_remote_code,
-            local_files_only=True,
-        )
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(
-                config, trust_remote_code=spec.trust_remote_code
-            )
-    except Exception:  # noqa: BLE001 - an unloadable model is the workers' error to report, in full
+    shapes = weight_shapes(spec.model, spec.revision)
+    if not shapes:
         return None
-    linear = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Linear, torch.nn.Conv1d))
-        or type(module).__name__ == "Conv1D"
-    }
-    names = [name for name, _ in model.named_modules()]
+    modules = {name.rsplit(".", 1)[0] for name in shapes}
     missing = [
         t
         for t in profile.population.target_modules
-        if not any(n == t or n.endswith("." + t) for n in names)
+        if not any(n == t or n.endswith("." + t) for n in modules)
     ]
     if not missing:
         return None
+    matrices = sorted(
+        {
+            n.rsplit(".", 2)[-2]
+            for n, shape in shapes.items()
+            if n.endswith(".weight") and len(shape) == 2
+        }
+    )
     return (
         f"[population] target_modules: {', '.join(repr(t) for t in missing)} "
         f"{'is not a module' if len(missing) == 1 else 'are not modules'} of the student "
-        f"{spec.model}; its linear layers are {', '.join(sorted(linear))}"
+        f"{spec.model}; its layers with weight matrices are {', '.join(matrices)}"
     )
 
 
@@ -247,6 +271,9 @@ def load_causal_lm(
         "revision": spec.revision,
         "trust_remote_code": spec.trust_remote_code,
         "local_files_only": True,
+        # Weights are read from safetensors only: a pickle checkpoint (pytorch_model.bin) can run
+        # code when it is loaded, and never is (weights_problem says so before any process starts).
+        "use_safetensors": True,
     }
     quantize = spec.load_in_4bit and not (fallback and quantization_fallback(spec, device))
     if quantize:

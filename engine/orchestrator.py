@@ -275,12 +275,21 @@ class Orchestrator(RunControl):
         steps = self.profile.training.steps_per_generation
 
         kd_blob: bytes | None = None
+        splits = 1  # pieces per drawn micro-batch: doubled after each out-of-memory error
 
         def task(job: int) -> m.TrainTask:
             ind.status = "training"
             self._update(ind)
             return m.TrainTask(
-                job, ind.id, genome, adapter, steps, self.kd_path, kd_blob, self.answers_path
+                job,
+                ind.id,
+                genome,
+                adapter,
+                steps,
+                self.kd_path,
+                kd_blob,
+                self.answers_path,
+                splits,
             )
 
         def wanted() -> bool:
@@ -289,6 +298,7 @@ class Orchestrator(RunControl):
         await self._gate()
         if not wanted():
             return
+        batch, retries = self.profile.data.batch_size, self.profile.training.oom_retries
         try:
             if self.profile.distilling_logits and not self.profile.distill.cache:
                 # Online distillation: the teacher scores exactly the rows this individual draws.
@@ -299,13 +309,33 @@ class Orchestrator(RunControl):
                 )
                 kd_blob = logits.blob
                 self.publish(TeacherLogits(logits.rows, logits.seconds, id=ind.id))
-            done: m.TrainDone = await self.pool.run("coliseum", task, wanted)
+            while True:
+                try:
+                    done: m.TrainDone = await self.pool.run("coliseum", task, wanted)
+                    break
+                except JobError as exc:
+                    if exc.kind != "oom" or retries == 0 or splits >= batch:
+                        raise
+                    retries -= 1
+                    splits *= 2
+                    self.publish(
+                        Log(
+                            "warning",
+                            f"{ind.id} ran out of memory training on {exc.worker} ({exc.reason}); "
+                            f"retrying with {math.ceil(batch / splits)} rows per forward pass "
+                            f"({splits} pieces per micro-batch of {batch}, the same effective batch)",
+                        )
+                    )
         except JobCancelled:
             return
         except JobError as exc:
-            ind.status, ind.reason = "failed", exc.reason
+            named = "out of memory" in exc.reason.lower()  # torch's own message says so
+            out_of_memory = "out of memory: " if exc.kind == "oom" and not named else ""
+            ind.status, ind.reason = "failed", f"{out_of_memory}{exc.reason}"
+            if exc.kind == "oom" and splits > 1:
+                ind.reason += f" (also at {math.ceil(batch / splits)} rows per forward pass)"
             self._update(ind)
-            self.publish(Log("error", f"{ind.id} failed in training: {exc.reason}"))
+            self.publish(Log("error", f"{ind.id} failed in training: {ind.reason}"))
             return
         ind.tensors = _from_bytes(done.adapter)
         ind.trained = True
@@ -334,17 +364,41 @@ class Orchestrator(RunControl):
 
         async def one(chunk: list[Individual]) -> None:
             items = [(i.id, i.genome.to_dict(), _to_bytes(i.tensors)) for i in chunk]  # type: ignore[arg-type]
-            try:
-                done: m.EvalDone = await self.pool.run(
-                    "coliseum", lambda job: m.EvalTask(job, items), lambda: not self.stop_requested
-                )
-            except JobCancelled:
-                return
-            except JobError as exc:
-                for i in chunk:
-                    i.status, i.reason = "failed", f"evaluation failed: {exc.reason}"
-                    self._update(i)
-                return
+            rows: int | None = None  # rows per forward pass: halved after each out-of-memory error
+            retries = self.profile.training.oom_retries
+            while True:
+                try:
+                    done: m.EvalDone = await self.pool.run(
+                        "coliseum",
+                        lambda job, rows=rows: m.EvalTask(job, items, rows),
+                        lambda: not self.stop_requested,
+                    )
+                    break
+                except JobCancelled:
+                    return
+                except JobError as exc:
+                    before = rows or self.profile.data.eval_rows_per_pass
+                    if exc.kind == "oom" and retries > 0 and before > 1:
+                        retries -= 1
+                        rows = before // 2
+                        self.publish(
+                            Log(
+                                "warning",
+                                f"evaluation of {', '.join(i.id for i in chunk)} ran out of memory "
+                                f"on {exc.worker} ({exc.reason}); retrying with {rows} rows per "
+                                "forward pass",
+                            )
+                        )
+                        continue
+                    named = "out of memory" in exc.reason.lower()
+                    oom = "out of memory: " if exc.kind == "oom" and not named else ""
+                    for i in chunk:
+                        i.status, i.reason = "failed", f"evaluation failed: {oom}{exc.reason}"
+                        self._update(i)
+                    self.publish(
+                        Log("error", f"evaluation of {len(chunk)} individuals failed: {exc.reason}")
+                    )
+                    return
             self.publish(
                 EvaluationFinished(done.worker, [i.id for i in chunk], done.tokens, done.seconds)
             )
@@ -449,6 +503,8 @@ class Orchestrator(RunControl):
             "teacher", lambda job: m.TeacherLogitsTask(job, cache_dir=cache_dir)
         )
         self.kd_path = done.path
+        if done.note:
+            self.publish(Log("warning", done.note))
         self.publish(TeacherLogits(done.rows, done.seconds, done.hit, done.path))
 
     async def _teacher_answers(self) -> None:
@@ -460,6 +516,8 @@ class Orchestrator(RunControl):
             "teacher", lambda job: m.TeacherAnswersTask(job, cache_dir=cache_dir)
         )
         self.answers_path = done.path
+        if done.note:
+            self.publish(Log("warning", done.note))
         self.publish(TeacherAnswers(done.rows, done.seconds, done.hit, done.path))
 
     async def _student_reference(self) -> None:
@@ -579,7 +637,7 @@ class Orchestrator(RunControl):
         self._resume_gate.set()
         resumed_from = None
         if resume:
-            latest = self.run_dir.latest_checkpoint()
+            latest = self._latest_checkpoint()
             if latest is not None:
                 gen, state, tensors = latest
                 self._restore(state, tensors)
@@ -593,8 +651,10 @@ class Orchestrator(RunControl):
                 prof.evolution.generations,
                 prof.population.size,
                 resumed_from,
+                prof.remote_code,
             )
         )
+        self._report_skipped()
         if prof.prune.active:
             try:
                 prof = self.profile = await self._prune()
@@ -653,6 +713,7 @@ class Orchestrator(RunControl):
                     break
                 self.population = [i for i in self.population if i.id not in self._culled]
                 self._finish_generation(gen, time.perf_counter() - t0)
+                self._check_log()
             if self.stop_requested:
                 status, reason = "stopped", "stopped by the operator"
         except asyncio.CancelledError:

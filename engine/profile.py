@@ -368,6 +368,14 @@ class TrainingConfig(BaseModel):
     )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = off)")
+    oom_retries: int = Field(
+        2,
+        ge=0,
+        le=16,
+        description="after an out-of-memory error, retry an individual's training (or an "
+        "evaluation) this many times, each with half the rows per forward pass — the same rows "
+        "and effective batch, gradients accumulated; 0 = mark it failed at once",
+    )
     loss: Literal["ce"] = Field(
         "ce", description="training loss: ce = cross-entropy on the response tokens"
     )
@@ -812,6 +820,16 @@ class Profile(BaseModel):
         if problems:
             raise _Problems(problems)
         return self
+
+    @property
+    def remote_code(self) -> list[str]:
+        """The models this profile loads with ``trust_remote_code`` ("student", "teacher")."""
+        out = []
+        if self.student is not None and self.student.trust_remote_code:
+            out.append("student")
+        if self.teacher is not None and self.teacher.enabled and self.teacher.trust_remote_code:
+            out.append("teacher")
+        return out
 
     @property
     def is_tts(self) -> bool:

@@ -31,6 +31,7 @@ class RunControl:
         self.stop_requested = False
         self.pool: Any = None  # the WorkerPool, once the run starts
         self._resume_gate: asyncio.Event | None = None
+        self._skipped: list[str] = []  # corrupt checkpoints passed over on resume
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -76,6 +77,23 @@ class RunControl:
         """A safe point: waits while the engine is paused."""
         if self._resume_gate is not None:
             await self._resume_gate.wait()
+
+    def _latest_checkpoint(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+        """The newest whole checkpoint to resume from; each newer one that is corrupt or cut
+        short is logged (after RunStarted) with the file at fault, and skipped."""
+        return self.run_dir.latest_checkpoint(self._skipped.append)
+
+    def _report_skipped(self) -> None:
+        from engine.events import Log
+
+        for reason in self._skipped:
+            self.publish(Log("warning", f"{reason} Resuming from an earlier generation."))
+        self._skipped.clear()
+
+    def _check_log(self) -> None:
+        """At a safe point: an event log that could not be written (a full disk) stops the run."""
+        if self.run_dir.log_error is not None:
+            raise self.run_dir.log_error
 
     def _new_id(self, generation: int) -> str:
         ind_id = f"g{generation}-{self.next_id:03d}"

@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        raise RunDirError(
+            f"{path}: could not be written ({exc.strerror or exc}); {kept}."
+        ) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -53,7 +58,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._events = None
+        self._events: Any = None
+        self.log_error: RunDirError | None = None  # set when an event could not be written
 
     # --- creation and opening -----------------------------------------------------------------
 
@@ -100,12 +106,23 @@ class RunDir:
     # --- event log ------------------------------------------------------------------------------
 
     def append_event(self, event: Event) -> None:
-        """Append one event as a JSON line; flushed and synced so a crash loses at most that line."""
-        if self._events is None:
-            self._events = open(self.events_path, "a", encoding="utf-8")
-        self._events.write(event.to_json() + "\n")
-        self._events.flush()
-        os.fsync(self._events.fileno())
+        """Append one event as a JSON line; flushed and synced so a crash loses at most that line.
+
+        A write that fails (a full disk) is cut back to the last whole line and remembered in
+        ``log_error`` instead of raised: events are published from callbacks that cannot fail
+        cleanly, and the orchestrator stops the run at its next safe point with that error.
+        """
+        try:
+            if self._events is None:
+                # Unbuffered: a failed write leaves no bytes in a buffer to be flushed later.
+                self._events = open(self.events_path, "ab", buffering=0)
+            _append_line(self._events, (event.to_json() + "\n").encode("utf-8"))
+        except OSError as exc:
+            if self.log_error is None:
+                self.log_error = RunDirError(
+                    f"{self.events_path}: the event log cannot be written ({exc.strerror or exc}); "
+                    "everything logged before is intact"
+                )
 
     def read_events(self) -> list[Event]:
         """All complete events; a last line cut short by a crash is skipped, not fatal."""
@@ -139,13 +156,13 @@ class RunDir:
         """
         final = self.checkpoint_path(generation)
         tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         try:
+            if tmp.exists():
+                shutil.rmtree(tmp)
             (tmp / "adapters").mkdir(parents=True)
             for ind_id, blob in adapters.items():
-                (tmp / "adapters" / f"{ind_id}.safetensors").write_bytes(blob)
-            (tmp / "state.json").write_text(json.dumps(state, indent=1), encoding="utf-8")
+                _write_file(tmp / "adapters" / f"{ind_id}.safetensors", blob)
+            _write_file(tmp / "state.json", json.dumps(state, indent=1).encode("utf-8"))
             _fsync_tree(tmp)
             if final.exists():  # re-running a generation after resume: replace it whole
                 old = self.path / f".{final.name}.old"
@@ -154,6 +171,19 @@ class RunDir:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(tmp, final)
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = [g for g in self.checkpoints() if g <= generation]  # as they were
+            kept = (
+                f"{self.checkpoint_path(previous[-1]).name} is intact and the run resumes from it"
+                if previous
+                else "no earlier generation was checkpointed, so a resume starts the run again"
+            )
+            raise RunDirError(
+                f"{final}: the checkpoint of generation {generation} could not be written "
+                f"({exc.strerror or exc}); {kept} once the problem is fixed (genesis-tui --resume "
+                f"{self.path})."
+            ) from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -179,6 +209,11 @@ class RunDir:
             state = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise RunDirError(f"{state_path}: unreadable checkpoint state ({exc}).") from exc
+        if not (isinstance(state, dict) and isinstance(state.get("population"), list)):
+            raise RunDirError(
+                f"{state_path}: unreadable checkpoint state (not a Genesis Lab state: it has no "
+                "population list)."
+            )
         tensors = {}
         for ind in state.get("population", []):
             f = root / "adapters" / f"{ind['id']}.safetensors"
@@ -190,8 +225,11 @@ class RunDir:
                 raise RunDirError(f"{f}: unreadable adapter file ({exc}).") from exc
         return state, tensors
 
-    def latest_checkpoint(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
-        """The newest generation that loads whole; older ones are tried when a newer one is corrupt."""
+    def latest_checkpoint(
+        self, on_skip: Callable[[str], None] | None = None
+    ) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
+        """The newest generation that loads whole; older ones are tried when a newer one is
+        corrupt, and ``on_skip`` hears why each skipped one was."""
         errors = []
         for gen in reversed(self.checkpoints()):
             try:
@@ -199,6 +237,8 @@ class RunDir:
                 return gen, state, tensors
             except RunDirError as exc:
                 errors.append(str(exc))
+                if on_skip is not None:
+                    on_skip(str(exc))
         if errors:
             raise RunDirError(" ".join(errors) + " No complete generation is left to resume from.")
         return None
@@ -213,6 +253,30 @@ class RunDir:
             writer.writeheader()
             writer.writerows(rows)
         atomic_write_text(self.path / "leaderboard.csv", buf.getvalue())
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file (checkpoint files; they are synced together afterwards)."""
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _append_line(f: Any, line: bytes) -> None:
+    """Append one whole line to the open event log and sync it; on failure cut the file back to
+    where the line began, so no torn line is left for the lines after it to join."""
+    start = f.seek(0, os.SEEK_END)
+    try:
+        view = memoryview(line)
+        while view:
+            view = view[f.write(view) :]
+        os.fsync(f.fileno())
+    except OSError:
+        try:
+            f.truncate(start)
+            f.seek(start)
+        except OSError:
+            pass
+        raise
 
 
 def _fsync_tree(root: Path) -> None:

@@ -103,6 +103,7 @@ class NvmlSource:
     def __init__(self, nvml: Any = None) -> None:
         self._nvml = nvml
         self._handles: list[Any] = []
+        self._last_error: Exception | None = None  # the last NVML call that failed
         self._names: list[str] = []
 
     def start(self) -> int:
@@ -136,16 +137,19 @@ class NvmlSource:
         ]
         return count
 
-    @staticmethod
-    def _query(fn: Callable[..., Any], *args: Any) -> Any:
+    def _query(self, fn: Callable[..., Any], *args: Any) -> Any:
         """One NVML call; any failure (NVMLError, a lost GPU, a missing symbol) gives ``None``."""
         try:
             return fn(*args)
-        except Exception:
+        except Exception as exc:
+            self._last_error = exc
             return None
 
     def sample(self) -> list[GpuSample]:
+        """One reading of every GPU; a figure NVML cannot give is ``None``. When not one figure
+        of any GPU could be read, NVML itself is down: that raises (the sampler says so)."""
         nvml, q = self._nvml, self._query
+        self._last_error = None
         out = []
         for i, h in enumerate(self._handles):
             mem = q(nvml.nvmlDeviceGetMemoryInfo, h)
@@ -165,6 +169,11 @@ class NvmlSource:
                     _float(temp),
                 )
             )
+        dead = all(
+            (g.memory_used, g.utilization, g.power_draw, g.temperature) == (None,) * 4 for g in out
+        )
+        if out and dead and self._last_error is not None:
+            raise self._last_error
         return out
 
     def shutdown(self) -> None:

@@ -274,6 +274,9 @@ class GenesisApp(App[int]):
             self.started = True
             self.generations = e.generations
             self.run_name = e.profile
+            if e.remote_code:
+                self.run_header.remote_code = list(e.remote_code)
+                self.run_header.refresh()
             if e.resumed_from is not None:
                 self.generation = e.resumed_from
             # A run's log holds every session: a RunStarted after a RunFinished is a resume.

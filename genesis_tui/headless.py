@@ -82,6 +82,10 @@ class HeadlessView:
                 else "started"
             )
             self.line(f"run {what}: {e.run_dir}")
+            if e.remote_code:
+                from genesis_tui.widgets.event_log import remote_code_note
+
+                self.line(f"warning: {remote_code_note(e.remote_code)}")
             if e.resumed_from is not None:
                 self.progress.update(self.run_task, completed=e.resumed_from + 1)
         elif isinstance(e, WorkerState) and e.state in ("ready", "dead"):

@@ -34,6 +34,47 @@ def _lines(rng: random.Random, n: int, domain: bool) -> list[str]:
     return out
 
 
+# --- running the real CLI, reading its run directories ------------------------------------------
+
+
+def cli(*args, timeout=600, **kw):
+    """``genesis-tui ARGS`` as a subprocess from the project root (output captured as text)."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "genesis_tui.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        **kw,
+    )
+
+
+def only_run(runs: Path) -> Path:
+    """The one run directory under ``runs`` (``.cache``, the teacher's logit cache, is not one)."""
+    dirs = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def board(run: Path) -> list[tuple[str, str, str]]:
+    """The run's leaderboard.csv as (id, val_loss, operator) rows."""
+    import csv
+
+    with open(run / "leaderboard.csv") as f:
+        return [(r["id"], r["val_loss"], r["operator"]) for r in csv.DictReader(f)]
+
+
+def events(run: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
+
+
 def build_tiny_lab(root: Path, seed: int = 0) -> dict[str, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -2,48 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
+from conftest import ROOT, board, cli, events, only_run
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def cli(*args, timeout=600, **kw):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "genesis_tui.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=ROOT,
-        **kw,
-    )
-
-
-def only_run(runs: Path) -> Path:
-    """The one run directory under ``runs`` (``.cache``, the teacher's logit cache, is not one)."""
-    dirs = [p for p in runs.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    assert len(dirs) == 1, dirs
-    return dirs[0]
-
-
-def board(run: Path) -> list[tuple[str, str, str]]:
-    with open(run / "leaderboard.csv") as f:
-        return [(r["id"], r["val_loss"], r["operator"]) for r in csv.DictReader(f)]
-
-
-def events(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
 def test_headless_run_writes_a_complete_run_directory(tiny_profile, tmp_path):
@@ -84,42 +49,6 @@ def test_same_profile_and_seed_give_the_same_leaderboard(tiny_profile, tmp_path)
     os.rename(first, tmp_path / "first")
     assert cli("--profile", str(prof), "--headless").returncode == 0
     assert board(tmp_path / "first") == board(only_run(tmp_path / "runs"))
-
-
-def test_sigkill_mid_generation_then_resume_matches_uninterrupted(tiny_profile, tmp_path):
-    prof = tiny_profile(evolution__generations=3, training__steps_per_generation=25)
-    assert cli("--profile", str(prof), "--headless").returncode == 0
-    reference = board(only_run(tmp_path / "runs"))
-    os.rename(only_run(tmp_path / "runs"), tmp_path / "reference")
-
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "genesis_tui.cli", "--profile", str(prof), "--headless"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.time() + 300
-    run = None
-    while time.time() < deadline:  # wait until generation 1 is under way, then kill everything
-        runs = list((tmp_path / "runs").glob("*")) if (tmp_path / "runs").exists() else []
-        if runs and (runs[0] / "gen_0000").exists():
-            run = runs[0]
-            log = (run / "events.jsonl").read_text()
-            if '"generation_started"' in log.split('"kind":"checkpoint"')[-1]:
-                break
-        time.sleep(0.2)
-    assert run is not None, "the run never reached generation 1"
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "gen_0002").exists()
-
-    r = cli("--resume", str(run), "--headless")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "resumed after generation" in r.stdout
-    assert board(run) == reference
 
 
 def test_untrained_reference_and_improvement_on_tiny_lab(tiny_profile, tmp_path):

@@ -83,7 +83,7 @@ def test_failed_checkpoint_write_leaves_previous_intact(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("engine.rundir._fsync_tree", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(RunDirError, match="No space left on device.*gen_0000 is intact"):
         run.save_checkpoint(0, {"generation": 0, "population": [], "x": 1}, {"a": blob})
     st, _ = run.load_checkpoint(0)
     assert "x" not in st

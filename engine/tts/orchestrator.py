@@ -332,7 +332,7 @@ class StyleOrchestrator(RunControl):
         self._resume_gate.set()
         resumed_from = None
         if resume:
-            latest = self.run_dir.latest_checkpoint()
+            latest = self._latest_checkpoint()
             if latest is not None:
                 gen, state, _ = latest
                 self._restore(state)
@@ -347,6 +347,7 @@ class StyleOrchestrator(RunControl):
                 resumed_from,
             )
         )
+        self._report_skipped()
         if prof.tts.prune_sweep:
             try:
                 prof = self.profile = await self._prune_sweep()
@@ -405,6 +406,7 @@ class StyleOrchestrator(RunControl):
                     self.publish(Log("info", f"neutral style: MCD {self.neutral_mcd:.3f} dB"))
                     await self._render(self.population[0], "neutral", 0)
                 champ = self._finish_generation(gen, time.perf_counter() - t0)
+                self._check_log()
                 if champ is not None:
                     await self._render(champ, f"{gen:04d}-{champ.id}", gen)
             if self.stop_requested:

@@ -207,27 +207,31 @@ class Coliseum:
                 step_loss = 0.0
                 terms: dict[str, float] = {}
                 for _ in range(accum):
-                    idx = next(draws)
-                    batch = {
-                        "input_ids": split.input_ids[idx].to(self.device),
-                        "attention_mask": split.attention_mask[idx].to(self.device),
-                        "labels": split.labels[idx].to(self.device),
-                    }
-                    if kd is not None:
-                        logp, top = lookup(kd, idx)
-                        batch["kd_logp"], batch["kd_idx"] = (
-                            logp.to(self.device),
-                            top.to(self.device),
-                        )
-                    logits = self.model(
-                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                    ).logits
-                    loss, t = loss_fn(logits, batch)
-                    (loss / accum).backward()
-                    step_loss += float(loss.detach()) / accum
-                    for k, v in t.items():
-                        terms[k] = terms.get(k, 0.0) + v / accum
-                    tokens += int(batch["attention_mask"].sum())
+                    drawn = next(draws)
+                    # task.splits > 1 after an out-of-memory retry: the same rows in smaller
+                    # pieces, each weighted by its share of the drawn micro-batch.
+                    for idx in drawn.chunk(max(1, min(task.splits, len(drawn)))):
+                        share = len(idx) / len(drawn) / accum
+                        batch = {
+                            "input_ids": split.input_ids[idx].to(self.device),
+                            "attention_mask": split.attention_mask[idx].to(self.device),
+                            "labels": split.labels[idx].to(self.device),
+                        }
+                        if kd is not None:
+                            logp, top = lookup(kd, idx)
+                            batch["kd_logp"], batch["kd_idx"] = (
+                                logp.to(self.device),
+                                top.to(self.device),
+                            )
+                        logits = self.model(
+                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                        ).logits
+                        loss, t = loss_fn(logits, batch)
+                        (loss * share).backward()
+                        step_loss += float(loss.detach()) * share
+                        for k, v in t.items():
+                            terms[k] = terms.get(k, 0.0) + v * share
+                        tokens += int(batch["attention_mask"].sum())
                 if prof.training.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(params, prof.training.max_grad_norm)
                 opt.step()
@@ -267,10 +271,12 @@ class Coliseum:
                 self._add(name, genome, adapter)
                 names.append(name)
             self.model.set_adapter(HOST_ADAPTER)
-            split, n = self.val_split, self.profile.data.eval_batch_size
+            d = self.profile.data
+            per_pass = task.rows_per_pass or d.eval_rows_per_pass
+            split, n = self.val_split, max(1, min(d.eval_batch_size, per_pass))
             sums = torch.zeros(len(names), dtype=torch.float64)
             counts = torch.zeros(len(names), dtype=torch.int64)
-            group = max(1, self.profile.data.eval_rows_per_pass // n)  # adapters sharing one pass
+            group = max(1, per_pass // n)  # adapters sharing one pass
             with torch.no_grad():
                 for start in range(0, len(split), n):
                     self.go.wait()

@@ -58,9 +58,27 @@ def describe(exc: BaseException) -> str:
 
 
 def is_oom(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, MPS), a MemoryError, or the CPU allocator's failure."""
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (
+        isinstance(exc, (torch.OutOfMemoryError, MemoryError))
+        or "out of memory" in text
+        or "can't allocate memory" in text  # DefaultCPUAllocator
+    )
+
+
+def release_memory() -> None:
+    """After an out-of-memory error: drop the failed step's tensors and hand cached blocks back,
+    so the retry (with smaller batches) starts from a clean allocator."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def serve(worker: str, tasks: Any, results: Any, setup: Callable[[], Callable[[Any], Any]]) -> None:
@@ -81,9 +99,22 @@ def serve(worker: str, tasks: Any, results: Any, setup: Callable[[], Callable[[A
         try:
             results.put(handle(task))
         except BaseException as exc:  # noqa: BLE001 - the job fails, the worker lives on
-            results.put(
-                JobFailed(worker, task.job, describe(exc), "oom" if is_oom(exc) else "error")
-            )
+            oom = is_oom(exc)
+            reason = describe(exc)
+            del exc  # its traceback holds the failed step's tensors
+            if oom:
+                release_memory()
+            results.put(JobFailed(worker, task.job, reason, "oom" if oom else "error"))
+
+
+class Channel:
+    """The worker's end of its message pipe, with a queue's ``put`` (what the workers call)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def put(self, msg: Any) -> None:
+        self.conn.send(msg)
 
 
 def run_worker(
@@ -100,6 +131,7 @@ def run_worker(
     """The body of every worker process: set up, build the worker object with ``make`` (which
     loads its model), announce it as Ready with its ``ready_detail``, then serve tasks."""
     setup_process(threads, log_path)
+    results = Channel(results)
 
     def setup() -> Callable[[Any], Any]:
         obj = make(worker, device, profile, results, go)

@@ -27,6 +27,10 @@ class TrainTask:
     # Sequence-level distillation: the teacher's answers to the training prompts (a JSON file);
     # the student learns them, tokenized with its own tokenizer, instead of the data's answers.
     answers_path: str | None = None
+    # After an out-of-memory error the orchestrator retries with each drawn micro-batch split into
+    # this many pieces (gradients accumulated): the same rows and the same effective batch, less
+    # activation memory at once.
+    splits: int = 1
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,9 @@ class EvalTask:
     items: list[
         tuple[str, dict[str, Any] | None, bytes | None]
     ]  # (id, genome, adapter); None, None: the bare base
+    # After an out-of-memory error: fewer rows in one forward pass than [data] eval_rows_per_pass
+    # (fewer adapters share a pass, and a batch is cut when one adapter's is larger).
+    rows_per_pass: int | None = None
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ class LogitsDone:
     rows: int
     seconds: float
     hit: bool  # an existing cache was reused: the teacher ran no forward pass
+    note: str = ""  # why an existing cache was not reused (unreadable: computed again)
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,7 @@ class AnswersDone:
     rows: int
     seconds: float
     hit: bool  # an existing file was reused: the teacher generated nothing
+    note: str = ""  # why an existing file was not reused (unreadable: generated again)
 
 
 @dataclass(frozen=True)

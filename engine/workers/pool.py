@@ -3,6 +3,11 @@
 The orchestrator awaits ``pool.run(role, make_task)``; it never blocks on a queue. One reader
 thread moves worker messages onto the event loop; a monitor notices a dead process within half a
 second, fails its job (which is retried on a live worker) and restarts it.
+
+Each worker process has channels of its own — a pipe for its messages, a queue for its tasks, an
+event for the engine's pause — made anew when it is restarted. A process killed (SIGKILL, the OOM
+killer) while it held the lock of a channel shared with the others would leave that lock taken
+forever and hang every other worker; a channel of its own dies with it.
 """
 
 from __future__ import annotations
@@ -10,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import GenesisError
-from engine.events import Event, WorkerState
+from engine.events import Event, Log, WorkerState
 from engine.workers import messages as m
 from engine.workers.common import run_worker
 
@@ -32,9 +36,11 @@ class WorkerDied(Exception):
 
 
 class JobError(Exception):
-    def __init__(self, reason: str, kind: str = "error") -> None:
+    """The job failed in its worker (``kind`` "oom" for an out-of-memory error); the worker lives."""
+
+    def __init__(self, reason: str, kind: str = "error", worker: str = "") -> None:
         super().__init__(reason)
-        self.reason, self.kind = reason, kind
+        self.reason, self.kind, self.worker = reason, kind, worker
 
 
 class JobCancelled(Exception):
@@ -54,13 +60,41 @@ class _Worker:
     threads: int
     process: Any = None
     tasks: Any = None
+    conn: Any = None  # the read end of this incarnation's message pipe
+    go: Any = None  # this incarnation's pause event (set: work; cleared: hold)
     ready: asyncio.Future | None = None
     incarnation: int = 0
     restarts: int = 0
     job: int | None = None
+    job_label: str = ""  # what the job in flight is, for the log when the worker dies under it
     gone: bool = False
     seen_dead: bool = False
     jobs_done: int = field(default=0)
+
+
+def exit_reason(code: int | None) -> str:
+    """``exit code 1`` or ``killed by SIGKILL`` (multiprocessing's negative exit codes)."""
+    if code is not None and code < 0:
+        import signal
+
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def describe_task(task: Any) -> str:
+    """A job in words: ``training g1-004``, ``evaluating 4 individuals``, ``teacher logits``."""
+    name = type(task).__name__
+    if name == "TrainTask":
+        return f"training {task.id}"
+    if name == "EvalTask":
+        return f"evaluating {len(task.items)} individual(s)"
+    if name == "ExportTask":
+        return f"exporting {task.id}"
+    words = name.removesuffix("Task")
+    return "running " + "".join(" " + c.lower() if c.isupper() else c for c in words).strip()
 
 
 def auto_threads(profile: Any, device: str, role: str) -> int:
@@ -93,9 +127,8 @@ class WorkerPool:
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = tmp.get_context("spawn")
-        self.results = self.ctx.Queue()
-        self.go = self.ctx.Event()
-        self.go.set()
+        self.paused = False
+        self._conns: list[tuple[Any, _Worker]] = []  # replaced (never mutated) on each spawn
         self.workers: list[_Worker] = [_Worker(*spec) for spec in specs or ()]
         if specs is None:
             self._profile_workers(profile, with_teacher)
@@ -152,6 +185,10 @@ class WorkerPool:
         assert self._loop is not None
         w.incarnation += 1
         w.tasks = self.ctx.Queue()
+        w.go = self.ctx.Event()
+        if not self.paused:
+            w.go.set()
+        reader, writer = self.ctx.Pipe(duplex=False)
         w.ready = self._loop.create_future()
         process = self.ctx.Process(
             target=run_worker,
@@ -162,15 +199,20 @@ class WorkerPool:
                 self.profile,
                 w.threads,
                 w.tasks,
-                self.results,
-                self.go,
+                writer,
+                w.go,
                 self._log_path(w),
             ),
             name=f"genesis-{w.name}",
             daemon=True,
         )
-        process.start()  # may raise (no fork/spawn possible): w.process stays the last started one
+        try:
+            process.start()  # may raise (no spawn possible): w.process stays the last one started
+        finally:
+            writer.close()  # the child holds the only write end: its death reads as end-of-file
         w.process = process
+        w.conn = reader
+        self._conns = [(c, x) for c, x in self._conns if x is not w] + [(reader, w)]
         self.publish(
             WorkerState(w.name, w.role, w.device, "starting", w.process.pid, f"{w.threads} threads")
         )
@@ -180,7 +222,9 @@ class WorkerPool:
 
     async def close(self) -> None:
         self._closing = True
-        self.go.set()
+        for w in self.workers:
+            if w.go is not None:
+                w.go.set()
         if self._monitor:
             self._monitor.cancel()
         for w in self.workers:
@@ -202,26 +246,43 @@ class WorkerPool:
                 fut.set_exception(WorkerDied("the pool was closed"))
         if self._reader:
             self._reader.join(timeout=2)
+        for w in self.workers:
+            if w.conn is not None:
+                w.conn.close()
 
     def pause(self, paused: bool) -> None:
         """Hold (or release) every worker at its next step; a held worker does no work."""
-        if paused:
-            self.go.clear()
-        else:
-            self.go.set()
+        self.paused = paused
+        for w in self.workers:
+            if w.go is not None:
+                (w.go.clear if paused else w.go.set)()
 
     # --- messages -------------------------------------------------------------------------------
 
     def _read_results(self) -> None:
+        """Wait on every worker's pipe at once; a pipe at end-of-file (its process died, or was
+        replaced) is dropped — the monitor handles the death itself."""
+        from multiprocessing.connection import wait
+
+        closed: set[int] = set()
         while not self._closing:
-            try:
-                msg = self.results.get(timeout=0.2)
-            except queue.Empty:
+            conns = {id(c): c for c, _ in self._conns if id(c) not in closed}
+            if not conns:
+                threading.Event().wait(0.1)
                 continue
-            except (EOFError, OSError):
-                return
-            if self._loop is not None and not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._dispatch, msg)
+            try:
+                ready = wait(list(conns.values()), timeout=0.2)
+            except (OSError, ValueError):  # a pipe closed under us: look again
+                closed.update(k for k, c in conns.items() if c.closed)
+                continue
+            for conn in ready:
+                try:
+                    msg = conn.recv()
+                except Exception:  # noqa: BLE001 - EOF or a message cut short by a kill
+                    closed.add(id(conn))
+                    continue
+                if self._loop is not None and not self._loop.is_closed():
+                    self._loop.call_soon_threadsafe(self._dispatch, msg)
 
     def _worker(self, name: str) -> _Worker:
         return next(w for w in self.workers if w.name == name)
@@ -252,7 +313,7 @@ class WorkerPool:
             if fut is None or fut.done():
                 return
             if isinstance(msg, m.JobFailed):
-                fut.set_exception(JobError(msg.reason, msg.kind))
+                fut.set_exception(JobError(msg.reason, msg.kind, msg.worker))
             else:
                 fut.set_result(msg)
 
@@ -272,8 +333,30 @@ class WorkerPool:
 
     def _on_death(self, w: _Worker) -> None:
         code = w.process.exitcode
+        # Its task queue has no reader now: a task still in the feeder thread would block that
+        # thread, and the exit of this process with it, forever.
+        w.tasks.cancel_join_thread()
+        w.tasks.close()
         self.publish(
             WorkerState(w.name, w.role, w.device, "dead", w.process.pid, f"exit code {code}")
+        )
+        doing = f" while {w.job_label}" if w.job is not None else " while idle"
+        if w.ready is not None and not w.ready.done():
+            doing = " while starting"
+        will_restart = (
+            not (w.ready is not None and not w.ready.done()) and w.restarts < MAX_RESTARTS
+        )
+        then = (
+            f"; restarting it (restart {w.restarts + 1} of {MAX_RESTARTS})"
+            + ("; its job runs again on the first free worker" if w.job is not None else "")
+            if will_restart
+            else ""
+        )
+        self.publish(
+            Log(
+                "warning" if will_restart else "error",
+                f"worker {w.name} (pid {w.process.pid}, {w.device}) died{doing}: {exit_reason(code)}{then}",
+            )
         )
         if w.job is not None:
             fut = self._futures.pop(w.job, None)
@@ -333,8 +416,10 @@ class WorkerPool:
             fut = self._loop.create_future()
             self._futures[job] = fut
             w.job, inc = job, w.incarnation
+            task = make_task(job)
+            w.job_label = describe_task(task)
             self.publish(WorkerState(w.name, w.role, w.device, "busy", w.process.pid))
-            w.tasks.put(make_task(job))
+            w.tasks.put(task)
             try:
                 return await fut
             except WorkerDied as exc:

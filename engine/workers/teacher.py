@@ -115,6 +115,7 @@ class Teacher:
                 vocab=self.vocab,
             )
             path = Path(task.cache_dir) / f"{key}.safetensors"
+            note = ""
             if path.exists():
                 try:
                     cache, _ = distill.load_cache(path)
@@ -122,12 +123,19 @@ class Teacher:
                         return LogitsDone(
                             self.worker, task.job, str(path), None, len(split), 0.0, True
                         )
-                except DataError:
-                    pass  # unreadable: computed again below and replaced atomically
+                except DataError as exc:  # computed again below and replaced atomically
+                    note = exc.message
             cache = distill.teacher_topk(self.model, split, None, **kwargs)
             distill.save_cache(path, cache, self.meta())
             return LogitsDone(
-                self.worker, task.job, str(path), None, len(split), time.perf_counter() - t0, False
+                self.worker,
+                task.job,
+                str(path),
+                None,
+                len(split),
+                time.perf_counter() - t0,
+                False,
+                note,
             )
         assert task.seed is not None and task.steps is not None
         p = self.profile
@@ -160,13 +168,14 @@ class Teacher:
             max_new_tokens=p.distill.max_new_tokens,
         )
         path = Path(task.cache_dir) / f"answers-{key}.json"
+        note = ""
         if path.exists():
             try:
                 have, _, _ = distill.load_answers(path)
                 if have == prompts:
                     return AnswersDone(self.worker, task.job, str(path), len(prompts), 0.0, True)
-            except DataError:
-                pass  # unreadable: generated again below and replaced atomically
+            except DataError as exc:  # generated again below and replaced atomically
+                note = exc.message
         answers = distill.teacher_answers(
             self.model,
             self.tokenizer,
@@ -182,5 +191,5 @@ class Teacher:
         }
         distill.save_answers(path, prompts, answers, meta)
         return AnswersDone(
-            self.worker, task.job, str(path), len(prompts), time.perf_counter() - t0, False
+            self.worker, task.job, str(path), len(prompts), time.perf_counter() - t0, False, note
         )

@@ -52,10 +52,13 @@ def describe(e: Event) -> tuple[str, str] | None:
             if e.resumed_from is not None
             else "started"
         )
-        return "info", (
+        text = (
             f"run {e.profile} {what}: {e.generations} generations × {e.population_size} "
             f"individuals, seed {e.seed} — {e.run_dir}"
         )
+        if e.remote_code:
+            return "warning", text + " — " + remote_code_note(e.remote_code)
+        return "info", text
     if isinstance(e, RunFinished):
         level = {"completed": "info", "stopped": "warning"}.get(e.status, "error")
         text = f"run {e.status}"
@@ -149,3 +152,11 @@ class EventLog(RichLog):
             style = LEVEL_STYLE.get(level, "")
             self.write(Text.assemble((stamp + " ", "bright_black"), (tag, style), (line, style)))
         return alarms
+
+
+def remote_code_note(models: list[str]) -> str:
+    """What trust_remote_code means, said where the operator looks."""
+    return (
+        f"trust_remote_code is on for the {' and the '.join(models)}: Python code from the "
+        "model's own repository runs in the worker processes"
+    )

@@ -28,6 +28,7 @@ class RunHeader(Widget):
         self.name_, self.generation, self.generations = "", None, None
         self.state, self.best = "starting…", ""
         self.mode = ""  # "attached", "read-only": how this window reaches the run
+        self.remote_code: list[str] = []  # models loaded with trust_remote_code: always in sight
 
     def show(
         self,
@@ -46,6 +47,8 @@ class RunHeader(Widget):
         left = Text.assemble(("Genesis Lab", "bold"), " · ", (self.name_, "bold cyan"))
         if self.mode:
             left.append(f" [{self.mode}]", style="bright_black")
+        if self.remote_code:
+            left.append(f" ⚠ remote code: {'+'.join(self.remote_code)}", style="bold yellow")
         if self.generations:
             g = self.generation
             left.append(
