@@ -124,8 +124,15 @@ def describe(e: Event) -> tuple[str, str] | None:
 
 
 class EventLog(RichLog):
+    # Lines are wrapped once, when written, to the width then available: RichLog's default
+    # min_width (78) made lines wider than an 80-column terminal's log and cut their ends; a
+    # stable gutter keeps the width the same before and after the scrollbar appears.
+    DEFAULT_CSS = "EventLog { scrollbar-gutter: stable; }"
+
     def __init__(self, **kwargs) -> None:
-        super().__init__(max_lines=5000, wrap=True, markup=False, highlight=False, **kwargs)
+        super().__init__(
+            max_lines=5000, min_width=20, wrap=True, markup=False, highlight=False, **kwargs
+        )
         self.lines_by_level = {"info": 0, "warning": 0, "error": 0}
         self._failed: set[str] = set()
         self.plain: deque[str] = deque(maxlen=5000)  # the text of each line, for tests and search
