@@ -22,6 +22,7 @@ from textual import events, on, work
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
@@ -235,8 +236,18 @@ class GenesisApp(App[int]):
         self._pending.append(event)
 
     def _flush_events(self) -> None:
-        if self._exit:  # the panes are being torn down; nothing left to show
+        if self._exit or not self.is_running:  # the panes are being torn down
             return
+        try:
+            self._flush()
+        except NoMatches as exc:
+            # The timer fired while the app was shutting down without exit() (a terminal going
+            # away, a test harness ending): Textual removes the panes' children before it stops
+            # the app's timers. The panes are composed once and never removed otherwise, so a
+            # missing one means teardown; the events stay unapplied, nothing is left to show them.
+            self.log.warning(f"event flush during teardown: {exc}")
+
+    def _flush(self) -> None:
         events, self._pending = self._pending, []
         snap = self.sampler.latest()
         fresh = snap is not None and snap.seq != self._telemetry_seq
