@@ -104,9 +104,11 @@ def preflight(profile: Any) -> None:
     ]
     if profile.teacher is not None and profile.teacher.enabled:
         roles.append(("teacher", profile.teacher, [profile.devices.teacher]))
+    # Under Ray the devices are the cluster's, not this machine's: RayPool checks the cluster.
+    on_ray = getattr(profile.devices, "executor", "local") == "ray"
     for role, spec, devices in roles:
         where = "[devices] coliseum" if role == "student" else "[devices] teacher"
-        for device in devices:
+        for device in [] if on_ray else devices:
             problem = device_problem(device)
             if problem and device not in seen:
                 problems.append(f"{where}: {problem}")

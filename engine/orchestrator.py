@@ -50,7 +50,7 @@ from engine.individual import Individual, LoraGenome, LoraTensors
 from engine.runcontrol import RunControl
 from engine.rundir import RunDir
 from engine.workers import messages as m
-from engine.workers.pool import JobCancelled, JobError, WorkerPool
+from engine.workers.pool import JobCancelled, JobError, make_pool
 
 STATE_VERSION = 1
 
@@ -74,10 +74,11 @@ class Orchestrator(RunControl):
         self.population: list[Individual] = []
         self.teacher_loss: float | None = None
         self.student_loss: float | None = None
-        self.pool: WorkerPool | None = None
+        self.pool: Any = None  # a WorkerPool or a RayPool (make_pool)
         self._culled: set[str] = set()
         self.champion: Individual | None = None
         self.kd_path: str | None = None  # the teacher's logit cache (distillation, cache mode)
+        self.kd_shared: Any = None  # … or, under Ray, its bytes in the object store
         self.answers_path: str | None = None  # the teacher's answers (sequence distillation)
 
     # --- events and commands --------------------------------------------------------------------
@@ -287,7 +288,7 @@ class Orchestrator(RunControl):
                 adapter,
                 steps,
                 self.kd_path,
-                kd_blob,
+                kd_blob if kd_blob is not None else self.kd_shared,
                 self.answers_path,
                 splits,
             )
@@ -503,6 +504,8 @@ class Orchestrator(RunControl):
             "teacher", lambda job: m.TeacherLogitsTask(job, cache_dir=cache_dir)
         )
         self.kd_path = done.path
+        if done.path is None and done.blob is not None:  # Ray: the cache as bytes, shared once
+            self.kd_shared = self.pool.share(done.blob)
         if done.note:
             self.publish(Log("warning", done.note))
         self.publish(TeacherLogits(done.rows, done.seconds, done.hit, done.path))
@@ -673,7 +676,7 @@ class Orchestrator(RunControl):
             note = quantization_fallback(prof.teacher, prof.devices.teacher)
             if note:  # the teacher worker loads it in full precision (load_causal_lm(fallback))
                 self.publish(Log("warning", f"teacher: {note}"))
-        self.pool = WorkerPool(
+        self.pool = make_pool(
             prof, self.publish, with_teacher=with_teacher, log_dir=self.run_dir.path / "logs"
         )
         status, reason = "completed", ""

@@ -499,8 +499,17 @@ class DevicesConfig(BaseModel):
 
     model_config = _CONFIG
 
-    executor: Literal["local"] = Field(
-        "local", description="where workers run: local = processes on this machine"
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="where workers run: local = processes on this machine (torch.multiprocessing); "
+        "ray = Ray actors on any node of a Ray cluster (needs the ray extra: "
+        "pip install 'genesis-tui[ray]'); the orchestrator, run directory and UI stay here",
+    )
+    ray_address: str = Field(
+        "",
+        description='with executor = "ray": the cluster to join — "" starts a private Ray instance '
+        'on this machine for the run, "auto" joins the cluster this machine is part of (ray start), '
+        '"ray://host:10001" a remote head through Ray Client',
     )
     teacher: str = Field("cpu", description="device of the teacher: cpu, cuda, cuda:N or mps")
     coliseum: list[str] = Field(
@@ -705,6 +714,30 @@ class Profile(BaseModel):
     tts: TTSConfig | None = Field(None, description=_SECTION_DOC["tts"])
     source: Path = Field(Path("profile.toml"), description="the profile file (not a TOML key)")
 
+    def _ray_problems(self) -> list[_Problem]:
+        import importlib.util
+
+        out = []
+        if importlib.util.find_spec("ray") is None:
+            out.append(
+                _Problem(
+                    '"ray" runs the workers as Ray actors, but Ray is not installed here — install '
+                    "the extra with: pip install 'genesis-tui[ray]' (or set executor = \"local\")",
+                    section="devices",
+                    key="executor",
+                )
+            )
+        if self.distill.mode == "sequence":
+            out.append(
+                _Problem(
+                    '"ray" does not carry sequence-level distillation yet (the teacher\'s answers '
+                    'are a file on one node) — use executor = "local" or [distill] mode = "logits"',
+                    section="devices",
+                    key="executor",
+                )
+            )
+        return out
+
     @model_validator(mode="after")
     def _combinations(self) -> Profile:
         problems: list[_Problem] = []
@@ -751,6 +784,8 @@ class Profile(BaseModel):
                     key="load_in_4bit",
                 )
             )
+        if self.devices.executor == "ray":
+            problems.extend(self._ray_problems())
         t = self.teacher
         # A 4-bit teacher on a device bitsandbytes cannot serve is not an error: the teacher
         # worker loads it in full precision and the run says so (a warning event).
@@ -781,6 +816,15 @@ class Profile(BaseModel):
         """A TTS profile: [tts] population sizes the population; the LLM sections do not apply."""
         problems: list[_Problem] = []
         size, evo = self.tts.population, self.evolution  # type: ignore[union-attr]
+        if self.devices.executor != "local":
+            problems.append(
+                _Problem(
+                    "the TTS track runs its style coliseums as local processes ([tts] devices); "
+                    'Ray is for the LLM track — set executor = "local"',
+                    section="devices",
+                    key="executor",
+                )
+            )
         if evo.elitism >= size:
             problems.append(
                 _Problem(

@@ -237,7 +237,17 @@ def _summary(profile) -> str:
         f"{profile.data.format} {profile.data.train}"
         + _distill_summary(profile.distill)
         + _prune_summary(profile.prune)
+        + _executor_summary(profile.devices)
     )
+
+
+def _executor_summary(d) -> str:
+    if d.executor != "ray":
+        return ""
+    where = (
+        f"the Ray cluster at {d.ray_address!r}" if d.ray_address else "a private local Ray instance"
+    )
+    return f"; workers as Ray actors on {where}"
 
 
 def _distill_summary(d) -> str:

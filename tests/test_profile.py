@@ -166,7 +166,14 @@ def _assets_copy(tmp_path: Path, name: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "name", ["demo.toml", "demo-ce-only.toml", "medical-dual-gpu.toml", "tinyllama.toml"]
+    "name",
+    [
+        "demo.toml",
+        "demo-ce-only.toml",
+        "medical-dual-gpu.toml",
+        "tinyllama.toml",
+        "ray-cluster.toml",
+    ],
 )
 def test_shipped_profiles_validate_and_round_trip(name, tmp_path):
     p = load_profile(_assets_copy(tmp_path, name))

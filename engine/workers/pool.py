@@ -250,6 +250,11 @@ class WorkerPool:
             if w.conn is not None:
                 w.conn.close()
 
+    def share(self, blob: bytes) -> bytes:
+        """A payload every worker reads (the Ray executor puts it in its object store once; here
+        the bytes go with each task)."""
+        return blob
+
     def pause(self, paused: bool) -> None:
         """Hold (or release) every worker at its next step; a held worker does no work."""
         self.paused = paused
@@ -432,3 +437,12 @@ class WorkerPool:
                     self.publish(WorkerState(w.name, w.role, w.device, "idle", w.process.pid))
                     self._idle[role].put_nowait(w)
         raise JobError(f"the job was lost {MAX_ATTEMPTS} times to dying workers ({last})")
+
+
+def make_pool(profile: Any, publish: Callable[[Event], None], **kw: Any) -> Any:
+    """The pool ``[devices] executor`` names: local processes, or Ray actors."""
+    if profile.devices.executor == "ray":
+        from engine.workers.raypool import RayPool
+
+        return RayPool(profile, publish, **kw)
+    return WorkerPool(profile, publish, **kw)

@@ -1,0 +1,490 @@
+"""The Ray executor (``[devices] executor = "ray"``): the teacher and the coliseum workers as Ray
+actors, on whatever nodes of a Ray cluster have the resources they ask for.
+
+``RayPool`` has ``WorkerPool``'s interface (start, run, pause, count, close) and runs the same
+worker classes on the same messages, so the orchestrator cannot tell the two apart; it, the run
+directory and the UI stay on this (the head) node. What crosses between nodes crosses as objects
+in Ray's object store, never as paths: adapters and online teacher logits ride in the messages
+as bytes; the teacher's whole logit cache is put in the store once (``share``) and each node
+fetches it once; an export is written by the actor into a private temporary directory and sent
+back as files, which the head writes into the run directory.
+
+A lost actor — its process killed, its node gone — fails the job it was running with the same
+``WorkerDied`` as a dead local process: the job runs again on the first free actor and the lost
+one is replaced (3 times at most), each step in the event log.
+
+Progress messages, which a local worker pushes through its pipe, are buffered in the actor and
+collected twice a second while a job runs (the actor is threaded: ``drain`` and ``pause`` run
+beside the job).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.events import Event, Log, TrainProgress, WorkerState
+from engine.workers import messages as m
+from engine.workers.pool import (
+    MAX_ATTEMPTS,
+    MAX_RESTARTS,
+    JobCancelled,
+    JobError,
+    WorkerStartError,
+    auto_threads,
+    describe_task,
+)
+
+POLL_INTERVAL = 0.5
+
+
+class ActorWorker:
+    """What runs inside each Ray actor: the engine's worker object (``Coliseum``, ``Teacher``),
+    given this object as its message sink (``put``) and a pause event the pool sets."""
+
+    def __init__(
+        self,
+        factory: Any,
+        name: str,
+        device: str,
+        profile: Any,
+        threads: int,
+        shipped: dict[str, Any] | None = None,
+    ) -> None:
+        from engine.workers.common import setup_process
+
+        setup_process(threads)
+        self.name = name
+        self.model_dirs: dict[str, str] = {}  # where shipped models landed on this node
+        for role, ref in (shipped or {}).items():
+            profile = self._land(profile, role, ref)
+        self._lock = threading.Lock()
+        self._messages: list[Any] = []
+        self.go = threading.Event()
+        self.go.set()
+        self.obj = factory(name, device, profile, self, self.go)
+
+    def _land(self, profile: Any, role: str, ref: Any) -> Any:
+        """Write a model shipped through the object store (the pruned student: it exists only in
+        the head's run directory) into this node's temporary directory, once per content, and
+        point the profile at it."""
+        import hashlib
+
+        import ray
+
+        digest, files = ray.get(ref)
+        root = Path(tempfile.gettempdir()) / f"genesis-model-{digest}"
+        if not (root / ".complete").exists():
+            part = Path(tempfile.mkdtemp(prefix=f".genesis-model-{digest}-"))
+            for rel, data in files.items():
+                (part / rel).parent.mkdir(parents=True, exist_ok=True)
+                (part / rel).write_bytes(data)
+            (part / ".complete").write_text(hashlib.sha256(digest.encode()).hexdigest())
+            try:
+                os.replace(part, root)
+            except OSError:  # another actor on this node landed it first
+                shutil.rmtree(part, ignore_errors=True)
+        spec = getattr(profile, role)
+        self.model_dirs[str(root)] = spec.model
+        return profile.model_copy(update={role: spec.model_copy(update={"model": str(root)})})
+
+    # the worker object's results channel
+    def put(self, msg: Any) -> None:
+        with self._lock:
+            self._messages.append(msg)
+
+    def ready(self) -> tuple[int, str, str]:
+        import socket
+
+        return os.getpid(), socket.gethostname(), self.obj.ready_detail
+
+    def drain(self) -> list[Any]:
+        with self._lock:
+            out, self._messages = self._messages, []
+        return out
+
+    def pause(self, paused: bool) -> None:
+        (self.go.clear if paused else self.go.set)()
+
+    def handle(self, task: Any) -> Any:
+        """Run one task; a failure is a JobFailed (the actor lives on), as in a local worker."""
+        import ray
+
+        from engine.workers.common import describe, is_oom, release_memory
+
+        # ObjectRefs inside the task (the shared logit cache) are fetched here, once per node.
+        refs = {
+            f.name: getattr(task, f.name)
+            for f in dataclasses.fields(task)
+            if isinstance(getattr(task, f.name), ray.ObjectRef)
+        }
+        if refs:
+            task = dataclasses.replace(
+                task, **dict(zip(refs, ray.get(list(refs.values())), strict=True))
+            )
+        tmp = None
+        try:
+            if isinstance(task, m.ExportTask):  # into a private directory, sent back as files
+                tmp = Path(tempfile.mkdtemp(prefix="genesis-export-"))
+                done = self.obj.handle(dataclasses.replace(task, out_dir=str(tmp / "out")))
+                files = {
+                    str(p.relative_to(tmp / "out")): p.read_bytes()
+                    for p in (tmp / "out").rglob("*")
+                    if p.is_file()
+                }
+                moved = {str(tmp / "out"): task.out_dir, **self.model_dirs}
+                return ExportFiles(done, files, moved)
+            done = self.obj.handle(task)
+            if isinstance(done, m.LogitsDone) and done.path is not None:
+                # The cache file lives on this node: its bytes go to the head, into the store.
+                done = dataclasses.replace(done, blob=Path(done.path).read_bytes(), path=None)
+            return done
+        except BaseException as exc:  # noqa: BLE001 - the job fails, the actor lives on
+            oom = is_oom(exc)
+            reason = describe(exc)
+            del exc
+            if oom:
+                release_memory()
+            return m.JobFailed(self.name, task.job, reason, "oom" if oom else "error")
+        finally:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportFiles:
+    done: m.ExportDone
+    files: dict[str, bytes]
+    # paths on the actor's node named in the mergekit recipe → the head's paths for them
+    moved: dict[str, str]
+
+
+@dataclasses.dataclass(eq=False)
+class _Actor:
+    name: str
+    role: str
+    device: str  # as the profile names it
+    factory: Any
+    threads: int
+    handle: Any = None
+    pid: int | None = None
+    node: str = ""
+    restarts: int = 0
+    gone: bool = False
+    job_label: str = ""
+
+
+def ray_resources(device: str, threads: int) -> dict[str, float]:
+    """An actor's demand: a whole GPU for a CUDA device (Ray then shows it only that one, as
+    ``cuda:0``), its threads as CPUs otherwise."""
+    if device.startswith("cuda"):
+        return {"num_cpus": 1, "num_gpus": 1}
+    return {"num_cpus": max(1, threads), "num_gpus": 0}
+
+
+def actor_device(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else device
+
+
+class RayPool:
+    def __init__(
+        self,
+        profile: Any,
+        publish: Callable[[Event], None],
+        *,
+        with_teacher: bool,
+        log_dir: Path | None = None,
+        specs: list[tuple[str, str, str, Callable[..., Any], int]] | None = None,
+    ) -> None:
+        from engine.workers.coliseum import Coliseum
+        from engine.workers.teacher import Teacher
+
+        self.profile, self.publish = profile, publish
+        self.workers: list[_Actor] = []
+        if specs is not None:
+            self.workers = [_Actor(*spec) for spec in specs]
+        else:
+            if with_teacher:
+                dev = profile.devices.teacher
+                self.workers.append(
+                    _Actor(
+                        "teacher", "teacher", dev, Teacher, auto_threads(profile, dev, "teacher")
+                    )
+                )
+            for i, dev in enumerate(profile.devices.coliseum):
+                self.workers.append(
+                    _Actor(
+                        f"coliseum-{i}",
+                        "coliseum",
+                        dev,
+                        Coliseum,
+                        auto_threads(profile, dev, "coliseum"),
+                    )
+                )
+        self.run_dir = log_dir.parent if log_dir is not None else None
+        self._shipped: dict[str, Any] = {}
+        self.paused = False
+        self._idle: dict[str, asyncio.Queue] = {}
+        self._started_ray = False
+        self._closing = False
+        self._jobs = itertools.count(1)
+
+    def roles(self) -> set[str]:
+        return {w.role for w in self.workers}
+
+    def count(self, role: str) -> int:
+        return sum(1 for w in self.workers if w.role == role and not w.gone)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        import ray
+
+        self._idle = {role: asyncio.Queue() for role in self.roles()}
+        address = self.profile.devices.ray_address
+        demand = [ray_resources(w.device, w.threads) for w in self.workers]
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {
+                "include_dashboard": False,
+                "log_to_driver": False,
+                "logging_level": "ERROR",
+            }
+            if address:
+                await asyncio.to_thread(ray.init, address=address, **kw)
+            else:  # a private instance on this machine, sized for this run's actors
+                import torch
+
+                # Logical CPUs enough for every actor (their threads share the real cores, as
+                # local workers do); GPUs only those this machine has.
+                cpus = max(os.cpu_count() or 1, int(sum(d["num_cpus"] for d in demand)))
+                gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+                await asyncio.to_thread(ray.init, num_cpus=cpus, num_gpus=gpus, **kw)
+            self._started_ray = True
+        self._check_capacity(ray.cluster_resources(), demand, address)
+        self._shipped = await asyncio.to_thread(self._ship_models)
+        await asyncio.gather(*(self._spawn(w) for w in self.workers))
+
+    def _ship_models(self) -> dict[str, Any]:
+        """Models that exist only in this run's directory (the pruned student) go to the other
+        nodes through the object store; models the profile names are on every node already."""
+        import hashlib
+
+        import ray
+
+        out = {}
+        for role in ("student", "teacher"):
+            spec = getattr(self.profile, role, None)
+            if spec is None or self.run_dir is None:
+                continue
+            path = Path(spec.model).expanduser()
+            if not (path.is_dir() and path.resolve().is_relative_to(self.run_dir.resolve())):
+                continue
+            files = {
+                str(p.relative_to(path)): p.read_bytes()
+                for p in sorted(path.rglob("*"))
+                if p.is_file()
+            }
+            h = hashlib.sha256()
+            for rel, data in files.items():
+                h.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+            out[role] = ray.put((h.hexdigest()[:16], files))
+        return out
+
+    def _check_capacity(
+        self, offered: dict[str, float], demand: list[dict[str, float]], address: str
+    ) -> None:
+        need_gpus = sum(d["num_gpus"] for d in demand)
+        need_cpus = sum(d["num_cpus"] for d in demand)
+        have_gpus, have_cpus = offered.get("GPU", 0.0), offered.get("CPU", 0.0)
+        if need_gpus > have_gpus or need_cpus > have_cpus:
+            where = f"the Ray cluster at {address!r}" if address else "the local Ray instance"
+            raise WorkerStartError(
+                f"{where} cannot place this run's actors: they ask for {need_gpus:g} GPU(s) and "
+                f"{need_cpus:g} CPU(s) ([devices] teacher and coliseum, threads_per_worker), the "
+                f"cluster offers {have_gpus:g} GPU(s) and {have_cpus:g} CPU(s) — add nodes "
+                "(ray start --address …) or ask for fewer coliseum workers"
+            )
+
+    async def _spawn(self, w: _Actor) -> None:
+        import ray
+
+        cls = ray.remote(max_concurrency=4, **ray_resources(w.device, w.threads))(ActorWorker)
+        shipped = {r: ref for r, ref in self._shipped.items() if r == _model_role(w.role)}
+        w.handle = cls.remote(
+            w.factory, w.name, actor_device(w.device), self.profile, w.threads, shipped
+        )
+        self.publish(WorkerState(w.name, w.role, w.device, "starting", None, "Ray actor"))
+        try:
+            pid, node, detail = await w.handle.ready.remote()
+        except Exception as exc:  # noqa: BLE001 - the actor's constructor raised: why, in full
+            w.gone = True
+            reason = _actor_error(exc)
+            self.publish(WorkerState(w.name, w.role, w.device, "dead", None, reason))
+            raise WorkerStartError(
+                f"the {w.name} Ray actor ({w.device}) could not start: {reason}"
+            ) from None
+        w.pid, w.node = pid, node
+        if self.paused:
+            w.handle.pause.remote(True)
+        self.publish(WorkerState(w.name, w.role, w.device, "ready", pid, f"{detail} on {node}"))
+        self._idle[w.role].put_nowait(w)
+
+    async def close(self) -> None:
+        import ray
+
+        self._closing = True
+        for w in self.workers:
+            if w.handle is not None:
+                with contextlib.suppress(Exception):
+                    ray.kill(w.handle, no_restart=True)
+                self.publish(WorkerState(w.name, w.role, w.device, "stopped", w.pid))
+        if self._started_ray:
+            await asyncio.to_thread(ray.shutdown)
+
+    def pause(self, paused: bool) -> None:
+        self.paused = paused
+        for w in self.workers:
+            if w.handle is not None and not w.gone:
+                w.handle.pause.remote(paused)
+
+    def share(self, blob: bytes) -> Any:
+        """Put a payload every actor reads (the teacher's logit cache) in the object store once."""
+        import ray
+
+        return ray.put(blob)
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    async def _poll(self, w: _Actor) -> None:
+        """Collect a running job's progress messages and publish them, as a local pipe would."""
+        while True:
+            await asyncio.sleep(POLL_INTERVAL)
+            await self._drain(w)
+
+    async def _drain(self, w: _Actor) -> None:
+        try:
+            messages = await w.handle.drain.remote()
+        except Exception:  # noqa: BLE001 - the actor is gone; run() handles that
+            return
+        for msg in messages:
+            if isinstance(msg, m.Progress):
+                self.publish(TrainProgress(msg.id, msg.step, msg.steps, msg.loss, dict(msg.terms)))
+
+    async def run(
+        self,
+        role: str,
+        make_task: Callable[[int], Any],
+        still_wanted: Callable[[], bool] = lambda: True,
+    ) -> Any:
+        """Run one job on a free actor of ``role``; a job lost with its actor runs again elsewhere."""
+        from ray.exceptions import RayActorError
+
+        last: Exception | None = None
+        for _ in range(MAX_ATTEMPTS):
+            w = await self._idle[role].get()
+            if isinstance(w, Exception):
+                self._idle[role].put_nowait(w)
+                raise w
+            if w.gone:
+                continue
+            if not still_wanted():
+                self._idle[role].put_nowait(w)
+                raise JobCancelled()
+            task = make_task(next(self._jobs))
+            w.job_label = describe_task(task)
+            self.publish(WorkerState(w.name, w.role, w.device, "busy", w.pid))
+            poller = asyncio.create_task(self._poll(w))
+            try:
+                result = await w.handle.handle.remote(task)
+            except RayActorError as exc:
+                last = exc
+                poller.cancel()
+                await self._on_lost(w, exc)
+                continue
+            poller.cancel()
+            await self._drain(w)  # the last progress before the result
+            self.publish(WorkerState(w.name, w.role, w.device, "idle", w.pid))
+            self._idle[role].put_nowait(w)
+            if isinstance(result, m.JobFailed):
+                raise JobError(result.reason, result.kind, result.worker)
+            if isinstance(result, ExportFiles):
+                return await asyncio.to_thread(_write_export, result, task.out_dir)
+            return result
+        raise JobError(f"the job was lost {MAX_ATTEMPTS} times with its Ray actor ({last})")
+
+    async def _on_lost(self, w: _Actor, exc: Exception) -> None:
+        reason = _actor_error(exc)
+        self.publish(WorkerState(w.name, w.role, w.device, "dead", w.pid, reason))
+        again = w.restarts < MAX_RESTARTS and not self._closing
+        self.publish(
+            Log(
+                "warning" if again else "error",
+                f"Ray actor {w.name} (pid {w.pid} on {w.node}, {w.device}) was lost while "
+                f"{w.job_label}: {reason}"
+                + (
+                    f"; replacing it (restart {w.restarts + 1} of {MAX_RESTARTS}); its job runs "
+                    "again on the first free actor"
+                    if again
+                    else ""
+                ),
+            )
+        )
+        if again:
+            w.restarts += 1
+            try:
+                await self._spawn(w)
+                return
+            except WorkerStartError as err:
+                self.publish(Log("error", err.message))
+        w.gone = True
+        if self.count(w.role) == 0:
+            err = WorkerStartError(f"every {w.role} Ray actor is gone (last: {w.name}: {reason})")
+            for _ in range(8):
+                self._idle[w.role].put_nowait(err)
+
+
+def _model_role(worker_role: str) -> str:
+    """The profile section of the model a worker holds."""
+    return "teacher" if worker_role == "teacher" else "student"
+
+
+def _actor_error(exc: BaseException) -> str:
+    """A Ray error in one line (its message runs to a page of context)."""
+    text = str(exc).strip().splitlines()
+    cause = getattr(exc, "cause", None)
+    if cause is not None and str(cause).strip():
+        return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1]}"
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
+def _write_export(result: ExportFiles, out_dir: str) -> m.ExportDone:
+    """Write an actor's export into the run directory whole (temporary directory, then rename),
+    with the mergekit recipe pointing at where the adapter now is."""
+    out = Path(out_dir)
+    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for rel, data in result.files.items():
+            p = tmp / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if rel == "merge.yaml":
+                for there, here in result.moved.items():
+                    data = data.replace(there.encode(), here.encode())
+            p.write_bytes(data)
+        old = out.parent / f".{out.name}.old"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dataclasses.replace(result.done, path=str(out))

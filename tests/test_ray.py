@@ -1,0 +1,132 @@
+"""The Ray executor on a private local Ray instance (loopback, CPU actors): the same run as the
+local executor, a lost actor handled like a dead worker, and clear errors where Ray cannot serve."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import board
+
+from engine import events as ev
+from engine.orchestrator import Orchestrator
+from engine.profile import load_profile
+from engine.rundir import RunDir
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+
+async def run(profile, listen=None) -> tuple[Orchestrator, ev.RunFinished]:
+    rd = RunDir.create(profile.run.output_dir, profile.run.name, profile.to_toml())
+    orch = Orchestrator(profile, rd)
+    if listen is not None:
+        orch.subscribe(listen)
+    return orch, await orch.run()
+
+
+async def test_two_ray_actors_give_the_same_leaderboard_as_local_workers(tiny_profile):
+    # Logit distillation from a cached teacher: the cache travels through the object store.
+    over = dict(devices__coliseum=["cpu", "cpu"], distill__mode="logits")
+    local, done = await run(load_profile(tiny_profile(**over)))
+    assert done.status == "completed", done.reason
+    seen: list[ev.Event] = []
+    on_ray, done = await run(
+        load_profile(tiny_profile(devices__executor="ray", **over)), seen.append
+    )
+    assert done.status == "completed", done.reason
+    assert board(on_ray.run_dir.path) == board(local.run_dir.path)
+    ready = [e for e in seen if isinstance(e, ev.WorkerState) and e.state == "ready"]
+    assert sorted(e.worker for e in ready) == ["coliseum-0", "coliseum-1", "teacher"]
+    assert all(" on " in e.detail for e in ready)  # the node each actor landed on
+    # both actors trained: the population was spread over them
+    assert {e.worker for e in seen if isinstance(e, ev.TrainFinished)} == {
+        "coliseum-0",
+        "coliseum-1",
+    }
+    assert [e.kind for e in seen if isinstance(e, ev.TrainProgress)]  # progress came back
+    champion = on_ray.run_dir.path / "champion"
+    assert (champion / "adapter_model.safetensors").is_file()
+    recipe = (champion / "merge.yaml").read_text()
+    assert str(champion) in recipe and "genesis-export" not in recipe  # points at the run dir
+
+
+async def test_a_lost_actor_mid_generation_is_replaced_and_the_run_completes(tiny_profile):
+    # The student is pruned first: the pruned checkpoint exists only in the run directory and
+    # reaches the actors (the replacement too) through the object store.
+    profile = load_profile(
+        tiny_profile(
+            devices__executor="ray",
+            devices__coliseum=["cpu", "cpu"],
+            teacher__enabled=False,
+            training__steps_per_generation=30,
+            prune__layers=0.5,
+            prune__calibration_rows=16,
+        )
+    )
+    seen: list[ev.Event] = []
+    killed: dict = {}
+    pids = {}
+
+    def on(e):
+        seen.append(e)
+        if isinstance(e, ev.WorkerState) and e.state == "ready":
+            pids[e.worker] = e.pid
+        if isinstance(e, ev.TrainProgress) and not killed and len(pids) == 2:
+            killed.update(id=e.id, pid=pids["coliseum-0"])
+            os.kill(killed["pid"], signal.SIGKILL)  # its node, as far as the actor can tell
+
+    orch, done = await run(profile, on)
+    assert done.status == "completed", done.reason
+    assert orch.run_dir.checkpoints() == [0, 1]
+    assert all(i.fitness is not None for i in orch.population)
+    lost = [e.message for e in seen if isinstance(e, ev.Log) and "was lost" in e.message]
+    assert lost and lost[0].startswith(f"Ray actor coliseum-0 (pid {killed['pid']}")
+    assert "replacing it (restart 1 of 3)" in lost[0]
+    trained = [e.id for e in seen if isinstance(e, ev.TrainFinished)]
+    assert len(trained) == len(set(trained))  # each individual trained to the end once
+    generation_0 = [e for e in seen if isinstance(e, ev.GenerationStarted)][0].to_train
+    assert set(generation_0) <= set(trained)
+    pruned = orch.run_dir.path / "pruned"
+    assert [e for e in seen if isinstance(e, ev.PruneReport)][0].blocks_after == 1
+    recipe = (orch.run_dir.path / "champion" / "merge.yaml").read_text()
+    assert f"{pruned}+" in recipe and "genesis-model-" not in recipe  # the head's paths
+
+
+def test_without_ray_installed_the_executor_is_a_profile_error(tiny_profile, monkeypatch):
+    import importlib.util
+
+    from engine.errors import ProfileError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+    )
+    with pytest.raises(ProfileError) as err:
+        load_profile(tiny_profile(devices__executor="ray"))
+    msg = err.value.message
+    assert "executor" in msg and "pip install 'genesis-tui[ray]'" in msg and ", line " in msg
+
+
+async def test_a_cluster_without_the_gpus_asked_for_says_so(tiny_profile):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    profile = load_profile(
+        tiny_profile(devices__executor="ray", devices__coliseum=["cuda"], teacher__enabled=False)
+    )
+    _, done = await run(profile)
+    assert done.status == "failed"
+    assert "the local Ray instance cannot place this run's actors" in done.reason
+    assert "ask for 1 GPU(s)" in done.reason and "offers 0 GPU(s)" in done.reason
+
+
+def test_the_cluster_profile_explains_itself_here():
+    from conftest import cli
+
+    r = cli("--profile", "profiles/ray-cluster.toml", "--check", timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "not in the local Hugging Face cache" in r.stderr and "hf download" in r.stderr
+    assert r.stderr.count("\n") == 1  # one paragraph
