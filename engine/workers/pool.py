@@ -97,6 +97,25 @@ def describe_task(task: Any) -> str:
     return "running " + "".join(" " + c.lower() if c.isupper() else c for c in words).strip()
 
 
+def profile_workers(
+    profile: Any, with_teacher: bool
+) -> list[tuple[str, str, str, Callable[..., Any], int]]:
+    """(name, role, device, worker class, threads) of the LLM track's workers: the teacher (when
+    there is one) and one coliseum per ``[devices] coliseum`` entry — for either executor."""
+    from engine.workers.coliseum import Coliseum
+    from engine.workers.teacher import Teacher
+
+    specs: list[tuple[str, str, str, Callable[..., Any], int]] = []
+    if with_teacher:
+        dev = profile.devices.teacher
+        specs.append(("teacher", "teacher", dev, Teacher, auto_threads(profile, dev, "teacher")))
+    for i, dev in enumerate(profile.devices.coliseum):
+        specs.append(
+            (f"coliseum-{i}", "coliseum", dev, Coliseum, auto_threads(profile, dev, "coliseum"))
+        )
+    return specs
+
+
 def auto_threads(profile: Any, device: str, role: str) -> int:
     """Threads for one worker: the profile's setting, else the CPU cores shared by the CPU coliseums."""
     if profile.devices.threads_per_worker:
@@ -108,7 +127,20 @@ def auto_threads(profile: Any, device: str, role: str) -> int:
     return cores if role == "teacher" else max(1, cores // max(1, cpu_coliseums))
 
 
-class WorkerPool:
+class PoolBase:
+    """What every executor's pool shares: its workers (each with a ``role`` and ``gone``)."""
+
+    workers: list[Any]
+
+    def roles(self) -> set[str]:
+        return {w.role for w in self.workers}
+
+    def count(self, role: str) -> int:
+        """Workers of ``role`` still in service."""
+        return sum(1 for w in self.workers if w.role == role and not w.gone)
+
+
+class WorkerPool(PoolBase):
     def __init__(
         self,
         profile: Any,
@@ -141,30 +173,7 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _profile_workers(self, profile: Any, with_teacher: bool) -> None:
-        from engine.workers.coliseum import Coliseum
-        from engine.workers.teacher import Teacher
-
-        if with_teacher:
-            dev = profile.devices.teacher
-            self.workers.append(
-                _Worker("teacher", "teacher", dev, Teacher, auto_threads(profile, dev, "teacher"))
-            )
-        for i, dev in enumerate(profile.devices.coliseum):
-            self.workers.append(
-                _Worker(
-                    f"coliseum-{i}",
-                    "coliseum",
-                    dev,
-                    Coliseum,
-                    auto_threads(profile, dev, "coliseum"),
-                )
-            )
-
-    def roles(self) -> set[str]:
-        return {w.role for w in self.workers}
-
-    def count(self, role: str) -> int:
-        return sum(1 for w in self.workers if w.role == role and not w.gone)
+        self.workers.extend(_Worker(*spec) for spec in profile_workers(profile, with_teacher))
 
     # --- lifecycle ------------------------------------------------------------------------------
 

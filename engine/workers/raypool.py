@@ -39,9 +39,10 @@ from engine.workers.pool import (
     MAX_RESTARTS,
     JobCancelled,
     JobError,
+    PoolBase,
     WorkerStartError,
-    auto_threads,
     describe_task,
+    profile_workers,
 )
 
 POLL_INTERVAL = 0.5
@@ -195,7 +196,7 @@ def actor_device(device: str) -> str:
     return "cuda" if device.startswith("cuda") else device
 
 
-class RayPool:
+class RayPool(PoolBase):
     def __init__(
         self,
         profile: Any,
@@ -205,31 +206,8 @@ class RayPool:
         log_dir: Path | None = None,
         specs: list[tuple[str, str, str, Callable[..., Any], int]] | None = None,
     ) -> None:
-        from engine.workers.coliseum import Coliseum
-        from engine.workers.teacher import Teacher
-
         self.profile, self.publish = profile, publish
-        self.workers: list[_Actor] = []
-        if specs is not None:
-            self.workers = [_Actor(*spec) for spec in specs]
-        else:
-            if with_teacher:
-                dev = profile.devices.teacher
-                self.workers.append(
-                    _Actor(
-                        "teacher", "teacher", dev, Teacher, auto_threads(profile, dev, "teacher")
-                    )
-                )
-            for i, dev in enumerate(profile.devices.coliseum):
-                self.workers.append(
-                    _Actor(
-                        f"coliseum-{i}",
-                        "coliseum",
-                        dev,
-                        Coliseum,
-                        auto_threads(profile, dev, "coliseum"),
-                    )
-                )
+        self.workers = [_Actor(*spec) for spec in specs or profile_workers(profile, with_teacher)]
         self.run_dir = log_dir.parent if log_dir is not None else None
         self._shipped: dict[str, Any] = {}
         self.paused = False
@@ -237,12 +215,6 @@ class RayPool:
         self._started_ray = False
         self._closing = False
         self._jobs = itertools.count(1)
-
-    def roles(self) -> set[str]:
-        return {w.role for w in self.workers}
-
-    def count(self, role: str) -> int:
-        return sum(1 for w in self.workers if w.role == role and not w.gone)
 
     # --- lifecycle ------------------------------------------------------------------------------
 

@@ -233,16 +233,6 @@ CASES = [
 ]
 
 
-@pytest.fixture
-def write_profile(tiny_lab, tmp_path):
-    def write(**over) -> Path:
-        p = tmp_path / "tiny.toml"
-        p.write_text(tiny_profile_text(tiny_lab, tmp_path / "runs", **over))
-        return p
-
-    return write
-
-
 def assert_one_clear_paragraph(code, err: str, expect) -> None:
     assert code == 2, err
     assert "Traceback" not in err, err
@@ -254,9 +244,9 @@ def assert_one_clear_paragraph(code, err: str, expect) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_bad_input_is_one_paragraph_exit_2_and_writes_nothing(
-    case, tiny_lab, tmp_path, write_profile, capsys
+    case, tiny_lab, tmp_path, tiny_profile, capsys
 ):
-    argv = case.make(tmp_path, tiny_lab, write_profile)
+    argv = case.make(tmp_path, tiny_lab, tiny_profile)
     before = tree(tmp_path / "runs")
     code = main(argv)
     err = capsys.readouterr().err
