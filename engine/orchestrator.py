@@ -80,6 +80,7 @@ class Orchestrator(RunControl):
         self.kd_path: str | None = None  # the teacher's logit cache (distillation, cache mode)
         self.kd_shared: Any = None  # … or, under Ray, its bytes in the object store
         self.answers_path: str | None = None  # the teacher's answers (sequence distillation)
+        self.answers_shared: Any = None  # … and, under Ray, their bytes in the object store
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -291,6 +292,7 @@ class Orchestrator(RunControl):
                 kd_blob if kd_blob is not None else self.kd_shared,
                 self.answers_path,
                 splits,
+                self.answers_shared,
             )
 
         def wanted() -> bool:
@@ -503,9 +505,10 @@ class Orchestrator(RunControl):
         done: m.LogitsDone = await self.pool.run(
             "teacher", lambda job: m.TeacherLogitsTask(job, cache_dir=cache_dir)
         )
-        self.kd_path = done.path
-        if done.path is None and done.blob is not None:  # Ray: the cache as bytes, shared once
+        if done.blob is not None:  # Ray: the file is on the teacher's node; its bytes, shared once
             self.kd_shared = self.pool.share(done.blob)
+        else:
+            self.kd_path = done.path
         if done.note:
             self.publish(Log("warning", done.note))
         self.publish(TeacherLogits(done.rows, done.seconds, done.hit, done.path))
@@ -519,6 +522,8 @@ class Orchestrator(RunControl):
             "teacher", lambda job: m.TeacherAnswersTask(job, cache_dir=cache_dir)
         )
         self.answers_path = done.path
+        if done.blob is not None:  # Ray: the file is on the teacher's node; its bytes, shared once
+            self.answers_shared = self.pool.share(done.blob)
         if done.note:
             self.publish(Log("warning", done.note))
         self.publish(TeacherAnswers(done.rows, done.seconds, done.hit, done.path))

@@ -727,15 +727,6 @@ class Profile(BaseModel):
                     key="executor",
                 )
             )
-        if self.distill.mode == "sequence":
-            out.append(
-                _Problem(
-                    '"ray" does not carry sequence-level distillation yet (the teacher\'s answers '
-                    'are a file on one node) — use executor = "local" or [distill] mode = "logits"',
-                    section="devices",
-                    key="executor",
-                )
-            )
         return out
 
     @model_validator(mode="after")

@@ -75,6 +75,18 @@ def events(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines()]
 
 
+def alpaca_from_text(src: Path, dst: Path) -> Path:
+    """The tiny lab's text lines as alpaca records: the first word is the instruction."""
+    import json
+
+    rows = []
+    for line in src.read_text().splitlines():
+        head, _, tail = line.partition(" ")
+        rows.append(json.dumps({"instruction": head, "input": "", "output": tail}))
+    dst.write_text("\n".join(rows) + "\n")
+    return dst
+
+
 def build_tiny_lab(root: Path, seed: int = 0) -> dict[str, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -12,6 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import alpaca_from_text
 
 from engine import events as ev
 from engine.errors import DataError, ModelError
@@ -177,18 +178,6 @@ def test_the_coliseum_refuses_logits_of_another_tokenizer(tiny_lab, foreign_teac
         ),
     )
     assert ok is not None and ok["meta"]["vocab"] == "10"
-
-
-def alpaca_from_text(src: Path, dst: Path) -> Path:
-    """The tiny lab's text lines as alpaca records: the first word is the instruction."""
-    import json
-
-    rows = []
-    for line in src.read_text().splitlines():
-        head, _, tail = line.partition(" ")
-        rows.append(json.dumps({"instruction": head, "input": "", "output": tail}))
-    dst.write_text("\n".join(rows) + "\n")
-    return dst
 
 
 def test_sequence_distillation_crosses_tokenizers_and_reuses_the_answers(

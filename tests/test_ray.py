@@ -7,7 +7,7 @@ import os
 import signal
 
 import pytest
-from conftest import board
+from conftest import alpaca_from_text, board
 
 from engine import events as ev
 from engine.orchestrator import Orchestrator
@@ -50,6 +50,26 @@ async def test_two_ray_actors_give_the_same_leaderboard_as_local_workers(tiny_pr
     assert (champion / "adapter_model.safetensors").is_file()
     recipe = (champion / "merge.yaml").read_text()
     assert str(champion) in recipe and "genesis-export" not in recipe  # points at the run dir
+
+
+async def test_sequence_distillation_on_ray_matches_local(tiny_lab, tiny_profile, tmp_path):
+    # The teacher's answers are a file on its node: they reach the coliseum actors as bytes.
+    train = alpaca_from_text(tiny_lab["data"] / "train.txt", tmp_path / "train.jsonl")
+    val = alpaca_from_text(tiny_lab["data"] / "val.txt", tmp_path / "val.jsonl")
+    over = dict(
+        data__format="alpaca",
+        data__train=str(train),
+        data__validation=str(val),
+        distill__mode="sequence",
+        distill__max_new_tokens=6,
+        training__steps_per_generation=4,
+        devices__coliseum=["cpu", "cpu"],
+    )
+    local, done = await run(load_profile(tiny_profile(**over)))
+    assert done.status == "completed", done.reason
+    on_ray, done = await run(load_profile(tiny_profile(devices__executor="ray", **over)))
+    assert done.status == "completed", done.reason
+    assert board(on_ray.run_dir.path) == board(local.run_dir.path)
 
 
 async def test_a_lost_actor_mid_generation_is_replaced_and_the_run_completes(tiny_profile):

@@ -31,6 +31,9 @@ class TrainTask:
     # this many pieces (gradients accumulated): the same rows and the same effective batch, less
     # activation memory at once.
     splits: int = 1
+    # Under Ray, the teacher's answers file as bytes (an object-store reference until the actor
+    # fetches it); the actor writes it on its node and points answers_path there.
+    answers_blob: Any = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,7 @@ class AnswersDone:
     seconds: float
     hit: bool  # an existing file was reused: the teacher generated nothing
     note: str = ""  # why an existing file was not reused (unreadable: generated again)
+    blob: bytes | None = None  # under Ray: the file's bytes (it lives on the teacher's node)
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,21 @@ class ActorWorker:
         self.model_dirs[str(root)] = spec.model
         return profile.model_copy(update={role: spec.model_copy(update={"model": str(root)})})
 
+    @staticmethod
+    def _land_file(data: bytes) -> str:
+        """A shared file's bytes written once per content on this node; its path here."""
+        import hashlib
+
+        path = (
+            Path(tempfile.gettempdir()) / f"genesis-shared-{hashlib.sha256(data).hexdigest()[:16]}"
+        )
+        if not path.exists():
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        return str(path)
+
     # the worker object's results channel
     def put(self, msg: Any) -> None:
         with self._lock:
@@ -144,10 +159,16 @@ class ActorWorker:
                 }
                 moved = {str(tmp / "out"): task.out_dir, **self.model_dirs}
                 return ExportFiles(done, files, moved)
+            if isinstance(task, m.TrainTask) and task.answers_blob is not None:
+                task = dataclasses.replace(
+                    task, answers_path=self._land_file(task.answers_blob), answers_blob=None
+                )
             done = self.obj.handle(task)
+            if isinstance(done, m.AnswersDone):
+                done = dataclasses.replace(done, blob=Path(done.path).read_bytes())
             if isinstance(done, m.LogitsDone) and done.path is not None:
                 # The cache file lives on this node: its bytes go to the head, into the store.
-                done = dataclasses.replace(done, blob=Path(done.path).read_bytes(), path=None)
+                done = dataclasses.replace(done, blob=Path(done.path).read_bytes())
             return done
         except BaseException as exc:  # noqa: BLE001 - the job fails, the actor lives on
             oom = is_oom(exc)
