@@ -250,4 +250,7 @@ class ControlServer:
         except (ValueError, TypeError) as exc:
             client.send(encode({"type": "error", "message": f"bad message: {exc}"}))
             return
-        self.engine.submit(command)  # acknowledged by a CommandAck event to every client
+        try:
+            self.engine.submit(command)  # acknowledged by a CommandAck event to every client
+        except Exception as exc:  # noqa: BLE001 - one failed command must not drop the client
+            client.send(encode({"type": "error", "message": f"command failed: {exc!r}"}))

@@ -119,6 +119,26 @@ async def test_socket_is_0600_replays_the_history_then_streams_and_takes_command
     assert not path.exists()  # removed when the engine stops
 
 
+async def test_a_command_that_fails_in_the_engine_is_an_error_not_a_dropped_client(tmp_path):
+    async with Served(tmp_path, generations=1) as s:
+
+        def broken(command):
+            raise RuntimeError("the pool is closing")
+
+        s.engine.submit = broken
+        reader, writer = await asyncio.open_unix_connection(str(s.server.path))
+        await read_messages(reader, 1)  # hello
+        line = json.dumps({"type": "command", "command": ev.PauseEngine(True).to_dict()}) + "\n"
+        writer.write(line.encode())
+        seen = []
+        while not any(m["type"] == "error" for m in seen):
+            seen += await read_messages(reader, 1)
+        error = next(m for m in seen if m["type"] == "error")
+        assert "command failed" in error["message"] and "the pool is closing" in error["message"]
+        assert len(s.server.clients) == 1  # still attached, still served
+        writer.close()
+
+
 async def test_a_peer_of_another_uid_is_refused_and_the_refusal_logged(tmp_path):
     async with Served(tmp_path, generations=1) as s:
         s.server._uid = os.getuid() + 1  # as if the engine ran as someone else

@@ -345,9 +345,13 @@ class RayPool(PoolBase):
 
     def pause(self, paused: bool) -> None:
         self.paused = paused
+        if self._closing:  # the actors are gone or going; a replacement starts unpaused anyway
+            return
         for w in self.workers:
             if w.handle is not None and not w.gone:
-                w.handle.pause.remote(paused)
+                # A lost actor cannot take the call; its replacement is told at its start.
+                with contextlib.suppress(Exception):
+                    w.handle.pause.remote(paused)
 
     def share(self, blob: bytes) -> Any:
         """Put a payload every actor reads (the teacher's logit cache) in the object store once."""
