@@ -39,7 +39,6 @@ from engine.events import (
     PruneReport,
     ReferenceReport,
     RunFinished,
-    RunStarted,
     StopRun,
     TeacherAnswers,
     TeacherLogits,
@@ -65,6 +64,12 @@ def _from_bytes(blob: bytes) -> LoraTensors:
     from safetensors.torch import load
 
     return load(blob)
+
+
+def _failure(exc: JobError) -> str:
+    """A failed job's reason, saying "out of memory" where the error's own words do not."""
+    named = "out of memory" in exc.reason.lower()  # torch's CUDA message says so itself
+    return f"out of memory: {exc.reason}" if exc.kind == "oom" and not named else exc.reason
 
 
 class Orchestrator(RunControl):
@@ -332,9 +337,7 @@ class Orchestrator(RunControl):
         except JobCancelled:
             return
         except JobError as exc:
-            named = "out of memory" in exc.reason.lower()  # torch's own message says so
-            out_of_memory = "out of memory: " if exc.kind == "oom" and not named else ""
-            ind.status, ind.reason = "failed", f"{out_of_memory}{exc.reason}"
+            ind.status, ind.reason = "failed", _failure(exc)
             if exc.kind == "oom" and splits > 1:
                 ind.reason += f" (also at {math.ceil(batch / splits)} rows per forward pass)"
             self._update(ind)
@@ -393,10 +396,8 @@ class Orchestrator(RunControl):
                             )
                         )
                         continue
-                    named = "out of memory" in exc.reason.lower()
-                    oom = "out of memory: " if exc.kind == "oom" and not named else ""
                     for i in chunk:
-                        i.status, i.reason = "failed", f"evaluation failed: {oom}{exc.reason}"
+                        i.status, i.reason = "failed", f"evaluation failed: {_failure(exc)}"
                         self._update(i)
                     self.publish(
                         Log("error", f"evaluation of {len(chunk)} individuals failed: {exc.reason}")
@@ -596,6 +597,10 @@ class Orchestrator(RunControl):
         self.student_loss = state.get("student_loss")
         self._culled = set(state.get("culled", []))
 
+    def _resume(self, generation: int, state: dict[str, Any], tensors: dict[str, Any]) -> None:
+        self._restore(state, tensors)
+        self._replay_commands(generation)
+
     def _replay_commands(self, after_generation: int) -> None:
         """Re-apply operator commands logged after the checkpoint we resume from."""
         events = self.run_dir.read_events()
@@ -641,28 +646,7 @@ class Orchestrator(RunControl):
 
     async def run(self, *, resume: bool = False) -> RunFinished:
         prof = self.profile
-        self._resume_gate = asyncio.Event()
-        self._resume_gate.set()
-        resumed_from = None
-        if resume:
-            latest = self._latest_checkpoint()
-            if latest is not None:
-                gen, state, tensors = latest
-                self._restore(state, tensors)
-                resumed_from = gen
-                self._replay_commands(gen)
-        self.publish(
-            RunStarted(
-                str(self.run_dir.path),
-                prof.run.name,
-                prof.run.seed,
-                prof.evolution.generations,
-                prof.population.size,
-                resumed_from,
-                prof.remote_code,
-            )
-        )
-        self._report_skipped()
+        self._begin(prof.population.size, resume, prof.remote_code)
         if prof.prune.active:
             try:
                 prof = self.profile = await self._prune()

@@ -31,7 +31,6 @@ class RunControl:
         self.stop_requested = False
         self.pool: Any = None  # the WorkerPool, once the run starts
         self._resume_gate: asyncio.Event | None = None
-        self._skipped: list[str] = []  # corrupt checkpoints passed over on resume
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -78,17 +77,41 @@ class RunControl:
         if self._resume_gate is not None:
             await self._resume_gate.wait()
 
-    def _latest_checkpoint(self) -> tuple[int, dict[str, Any], dict[str, Any]] | None:
-        """The newest whole checkpoint to resume from; each newer one that is corrupt or cut
-        short is logged (after RunStarted) with the file at fault, and skipped."""
-        return self.run_dir.latest_checkpoint(self._skipped.append)
+    def _begin(
+        self, population_size: int, resume: bool, remote_code: list[str] | None = None
+    ) -> None:
+        """Open the run: the pause gate; when resuming, the newest checkpoint that loads whole
+        (handed to ``_resume``); then RunStarted, and a warning naming each newer checkpoint
+        that was corrupt or cut short and so skipped."""
+        from engine.events import Log, RunStarted
 
-    def _report_skipped(self) -> None:
-        from engine.events import Log
-
-        for reason in self._skipped:
+        self._resume_gate = asyncio.Event()
+        self._resume_gate.set()
+        resumed_from = None
+        skipped: list[str] = []
+        if resume:
+            latest = self.run_dir.latest_checkpoint(skipped.append)
+            if latest is not None:
+                resumed_from, state, tensors = latest
+                self._resume(resumed_from, state, tensors)
+        prof = self.profile
+        self.publish(
+            RunStarted(
+                str(self.run_dir.path),
+                prof.run.name,
+                prof.run.seed,
+                prof.evolution.generations,
+                population_size,
+                resumed_from,
+                list(remote_code or []),
+            )
+        )
+        for reason in skipped:
             self.publish(Log("warning", f"{reason} Resuming from an earlier generation."))
-        self._skipped.clear()
+
+    def _resume(self, generation: int, state: dict[str, Any], tensors: dict[str, Any]) -> None:
+        """Take up a checkpoint's state (each track's orchestrator knows its own)."""
+        raise NotImplementedError
 
     def _check_log(self) -> None:
         """At a safe point: an event log that could not be written (a full disk) stops the run."""

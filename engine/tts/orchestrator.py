@@ -34,7 +34,6 @@ from engine.events import (
     Log,
     PauseEngine,
     RunFinished,
-    RunStarted,
     StopRun,
 )
 from engine.runcontrol import RunControl
@@ -326,28 +325,12 @@ class StyleOrchestrator(RunControl):
         new_tts = tts.model_copy(update={"assets": out / "student"})
         return prof.model_copy(update={"tts": new_tts})
 
+    def _resume(self, generation: int, state: dict[str, Any], tensors: dict[str, Any]) -> None:
+        self._restore(state)  # style genomes live in the state; there are no tensors
+
     async def run(self, *, resume: bool = False) -> RunFinished:
         prof = self.profile
-        self._resume_gate = asyncio.Event()
-        self._resume_gate.set()
-        resumed_from = None
-        if resume:
-            latest = self._latest_checkpoint()
-            if latest is not None:
-                gen, state, _ = latest
-                self._restore(state)
-                resumed_from = gen
-        self.publish(
-            RunStarted(
-                str(self.run_dir.path),
-                prof.run.name,
-                prof.run.seed,
-                prof.evolution.generations,
-                prof.tts.population,
-                resumed_from,
-            )
-        )
-        self._report_skipped()
+        self._begin(prof.tts.population, resume)
         if prof.tts.prune_sweep:
             try:
                 prof = self.profile = await self._prune_sweep()

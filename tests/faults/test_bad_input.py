@@ -71,13 +71,6 @@ def data_file(content: bytes, fmt: str = "text", split: str = "train", **over):
     def make(tmp, lab, write):
         f = tmp / f"bad_{split}.{'txt' if fmt == 'text' else 'jsonl'}"
         f.write_bytes(content)
-        good = tmp / "good.jsonl"
-        good.write_text(
-            json.dumps({"instruction": "say hi", "output": "hi"})
-            + "\n"
-            + json.dumps({"text": "<s>[INST] hi [/INST] hello</s>"})
-            + "\n"
-        )
         other = "validation" if split == "train" else "train"
         keys = {f"data__{split}": str(f), "data__format": fmt}
         if fmt != "text":  # the other split must be readable in that format too

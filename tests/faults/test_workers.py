@@ -29,6 +29,18 @@ def logs(events, level=None) -> list[str]:
     ]
 
 
+@pytest.fixture
+def oom(monkeypatch):
+    """Coliseums whose forward passes run out of memory past the given limits (injected.py)."""
+    import injected
+
+    def limit(spec: str) -> None:
+        monkeypatch.setattr("engine.workers.coliseum.Coliseum", injected.OomColiseum)
+        monkeypatch.setenv("GENESIS_TEST_OOM", spec)
+
+    return limit
+
+
 def worker_pid(orch: Orchestrator, name: str) -> int:
     return next(w.process.pid for w in orch.pool.workers if w.name == name)
 
@@ -117,11 +129,8 @@ async def test_a_teacher_killed_while_it_scores_is_restarted_and_the_run_complet
     assert sorted(trained) == sorted(taught)
 
 
-async def test_out_of_memory_in_training_backs_off_and_the_run_goes_on(tiny_profile, monkeypatch):
-    import injected
-
-    monkeypatch.setattr("engine.workers.coliseum.Coliseum", injected.OomColiseum)
-    monkeypatch.setenv("GENESIS_TEST_OOM", "train_rows=4")
+async def test_out_of_memory_in_training_backs_off_and_the_run_goes_on(tiny_profile, oom):
+    oom("train_rows=4")
     orch = make(
         tiny_profile,
         data__batch_size=8,
@@ -140,12 +149,9 @@ async def test_out_of_memory_in_training_backs_off_and_the_run_goes_on(tiny_prof
 
 
 async def test_out_of_memory_without_retries_marks_the_individual_failed_with_the_reason(
-    tiny_profile, monkeypatch
+    tiny_profile, oom
 ):
-    import injected
-
-    monkeypatch.setattr("engine.workers.coliseum.Coliseum", injected.OomColiseum)
-    monkeypatch.setenv("GENESIS_TEST_OOM", "train_rows=4,min_rank=4")  # rank 4 does not fit
+    oom("train_rows=4,min_rank=4")  # rank 4 does not fit
     orch = make(
         tiny_profile,
         data__batch_size=8,
@@ -168,13 +174,8 @@ async def test_out_of_memory_without_retries_marks_the_individual_failed_with_th
     assert any("failed in training: OutOfMemoryError" in m for m in logs(seen, "error"))
 
 
-async def test_out_of_memory_in_evaluation_backs_off_to_fewer_rows_per_pass(
-    tiny_profile, monkeypatch
-):
-    import injected
-
-    monkeypatch.setattr("engine.workers.coliseum.Coliseum", injected.OomColiseum)
-    monkeypatch.setenv("GENESIS_TEST_OOM", "eval_rows=8")
+async def test_out_of_memory_in_evaluation_backs_off_to_fewer_rows_per_pass(tiny_profile, oom):
+    oom("eval_rows=8")
     orch = make(
         tiny_profile,
         data__eval_batch_size=8,
