@@ -577,6 +577,14 @@ class TTSConfig(BaseModel):
     griffin_lim_iters: int = Field(
         32, ge=1, le=512, description="Griffin-Lim iterations per rendered genome"
     )
+    tempo_weight: float = Field(
+        0.0,
+        ge=0,
+        le=100,
+        description="dB added to a genome's MCD per unit of |ln(its duration / the target's)|, "
+        "mean over the sentences: the MCD aligns the two by DTW and so barely hears the speaking "
+        "rate; 0: fitness is −MCD alone; 10: speaking 10% too slow or fast costs about 1 dB",
+    )
     devices: list[str] = Field(
         ["cpu"],
         min_length=1,
@@ -807,15 +815,8 @@ class Profile(BaseModel):
         """A TTS profile: [tts] population sizes the population; the LLM sections do not apply."""
         problems: list[_Problem] = []
         size, evo = self.tts.population, self.evolution  # type: ignore[union-attr]
-        if self.devices.executor != "local":
-            problems.append(
-                _Problem(
-                    "the TTS track runs its style coliseums as local processes ([tts] devices); "
-                    'Ray is for the LLM track — set executor = "local"',
-                    section="devices",
-                    key="executor",
-                )
-            )
+        if self.devices.executor == "ray":
+            problems.extend(self._ray_problems())
         if evo.elitism >= size:
             problems.append(
                 _Problem(

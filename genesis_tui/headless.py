@@ -47,7 +47,8 @@ class HeadlessView:
 
     def __init__(self, console: Console, generations: int, metric: str = "val loss") -> None:
         self.console = console
-        self.metric = metric  # what −fitness is: "val loss" (LLM track), "MCD" (TTS track)
+        # what −fitness is: "val loss" (LLM track), "MCD" or "MCD+tempo" (TTS track)
+        self.metric = metric
         self.live = console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -101,7 +102,7 @@ class HeadlessView:
             self.gen_task = self.progress.add_task(
                 f"generation {e.generation}", total=len(e.to_train) + 1, info=""
             )
-            verb = "scoring" if self.metric == "MCD" else "training"
+            verb = "scoring" if self.metric.startswith("MCD") else "training"
             self.line(f"generation {e.generation}: {verb} {len(e.to_train)} individuals")
         elif isinstance(e, TrainFinished):
             if self.gen_task is not None:
@@ -171,19 +172,28 @@ def leaderboard_table(orch: Orchestrator, limit: int = 20) -> Table:
 
 
 def _style_table(orch, limit: int) -> Table:
-    table = Table(title="Leaderboard (style genomes)", title_justify="left")
-    for col in ("#", "id", "gen", "status", "MCD dB", "operator", "top tokens"):
-        table.add_column(col, justify="right" if col in ("#", "gen", "MCD dB") else "left")
+    ranked_by = "MCD + tempo penalty" if orch.profile.tts.tempo_weight else "MCD"
+    table = Table(title=f"Leaderboard (style genomes, ranked by {ranked_by})", title_justify="left")
+    # one line per genome at 80 columns: only the operator is cut short (the CSV has it whole)
+    for col in ("#", "id", "gen", "status", "MCD dB", "dur ×", "operator", "top tokens"):
+        table.add_column(
+            col,
+            justify="right" if col in ("#", "gen", "MCD dB", "dur ×") else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            max_width=10 if col == "operator" else None,
+        )
     for pos, i in enumerate(orch.leaderboard()[:limit], 1):
-        top = sorted(enumerate(i.weights), key=lambda kw: -kw[1])[:3]
+        top = sorted(enumerate(i.weights), key=lambda kw: -kw[1])[:2]
         table.add_row(
             str(pos),
             i.id,
             str(i.generation),
             i.status,
             "—" if i.mcd is None else f"{i.mcd:.3f}",
+            "—" if i.duration_ratio is None else f"{i.duration_ratio:.2f}",
             i.operator,
-            " ".join(f"t{k}:{w:.2f}" for k, w in top),
+            " ".join(f"t{k} {w:.2f}".replace(" 0.", " .") for k, w in top),
         )
     return table
 
@@ -193,13 +203,18 @@ def champion_summary(orch: Orchestrator, finished: RunFinished) -> str:
     if finished.champion_fitness is None:
         return "no champion: no individual was scored"
     if getattr(orch, "track", "lora") == "tts":
-        mcd = -finished.champion_fitness
+        champ = orch.champion
+        mcd = (
+            champ.mcd if champ is not None and champ.mcd is not None else -finished.champion_fitness
+        )
         text = f"champion [bold]{finished.champion}[/] MCD {mcd:.3f} dB to the target style"
         neutral = orch.neutral_mcd
         if neutral:
             text += (
                 f" · neutral style {neutral:.3f} dB · {100 * (neutral - mcd) / neutral:.1f}% lower"
             )
+        if champ is not None and champ.duration_ratio is not None:
+            text += f" · speaks {champ.duration_ratio:.2f}× the target's duration"
         return text
     loss = -finished.champion_fitness
     text = f"champion [bold]{finished.champion}[/] validation loss {loss:.4f}"
@@ -261,7 +276,10 @@ def run_headless(
     """Run to the end, print the leaderboard; exit code 0 when completed, 1 when failed, 130 when stopped."""
     console = console or Console(stderr=False)
     tts = getattr(orch, "track", "lora") == "tts"
-    view = HeadlessView(console, orch.profile.evolution.generations, "MCD" if tts else "val loss")
+    metric = "val loss"
+    if tts:
+        metric = "MCD+tempo" if orch.profile.tts.tempo_weight else "MCD"
+    view = HeadlessView(console, orch.profile.evolution.generations, metric)
     orch.subscribe(view)
     with view.progress:
         finished = asyncio.run(_run(orch, view, resume))

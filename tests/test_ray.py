@@ -112,6 +112,77 @@ async def test_a_lost_actor_mid_generation_is_replaced_and_the_run_completes(tin
     assert [e for e in seen if isinstance(e, ev.PruneReport)][0].blocks_after == 1
     recipe = (orch.run_dir.path / "champion" / "merge.yaml").read_text()
     assert f"{pruned}+" in recipe and "genesis-model-" not in recipe  # the head's paths
+    # what each actor printed is in the run directory, the lost one's and its replacement's
+    log = (orch.run_dir.path / "logs" / "coliseum-0.log").read_text()
+    assert log.count("--- Ray actor coliseum-0, pid ") == 2
+    assert f"pid {killed['pid']} on " in log
+
+
+def test_the_tts_track_across_two_ray_nodes_matches_local_processes(tmp_path):
+    """Style coliseums as Ray actors on a two-node cluster on this machine (two raylets, two
+    object stores, each node its own temporary directory — ray.cluster_utils.Cluster): one
+    actor per node, the population shared out between them; the pruning sweep's student, which
+    exists only in the head's run directory, lands on each node through the object store; the
+    leaderboard is the local executor's, and each actor's output is in RUN/logs."""
+    import asyncio
+    import csv
+
+    from ray.cluster_utils import Cluster
+
+    from engine.profile import parse_profile
+    from engine.tts.orchestrator import StyleOrchestrator
+
+    def text(executor: str, address: str = "") -> str:
+        return (
+            f'[run]\nname = "{executor}"\nseed = 3\noutput_dir = "{tmp_path}"\n'
+            '[tts]\nsentences = ["The scan was abnormal."]\npopulation = 6\n'
+            'griffin_lim_iters = 4\ntempo_weight = 10\ndevices = ["cpu", "cpu"]\n'
+            "prune_sweep = [0.3]\n"
+            f'[devices]\nthreads_per_worker = 1\nexecutor = "{executor}"\n'
+            f'ray_address = "{address}"\n'
+            "[evolution]\ngenerations = 2\nelitism = 2\ntournament_size = 2\n"
+        )
+
+    def run(profile_text: str, name: str, listen=None):
+        profile = parse_profile(profile_text, source=tmp_path / f"{name}.toml")
+        rd = RunDir.create(tmp_path, name, profile.to_toml())
+        orch = StyleOrchestrator(profile, rd)
+        if listen is not None:
+            orch.subscribe(listen)
+        done = asyncio.run(orch.run())
+        assert done.status == "completed", done.reason
+        with open(rd.path / "leaderboard.csv") as f:
+            board = [(r["id"], r["fitness"], r["duration_ratio"]) for r in csv.DictReader(f)]
+        return orch, rd, board
+
+    _, _, local = run(text("local"), "local")
+    node_tmp = [tmp_path / "node-a", tmp_path / "node-b"]
+    for d in node_tmp:
+        d.mkdir()
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "env_vars": {"TMPDIR": str(node_tmp[0])}},
+    )
+    try:
+        cluster.add_node(num_cpus=1, env_vars={"TMPDIR": str(node_tmp[1])})
+        seen: list[ev.Event] = []
+        orch, rd, on_ray = run(text("ray", cluster.address), "ray", seen.append)
+    finally:
+        cluster.shutdown()
+    assert on_ray == local
+    ready = [e for e in seen if isinstance(e, ev.WorkerState) and e.state == "ready"]
+    assert sorted(e.worker for e in ready) == ["style-0", "style-1"]
+    nodes = {e.detail.split("(Ray node ")[1][:8] for e in ready}
+    assert len(nodes) == 2  # one actor on each node
+    busy = {e.worker for e in seen if isinstance(e, ev.WorkerState) and e.state == "busy"}
+    assert busy == {"style-0", "style-1"}  # the population was shared out
+    for d in node_tmp:  # the swept student, landed on each node from the object store
+        (landed,) = d.glob("genesis-model-*")
+        assert (landed / "model.safetensors").is_file()
+        assert not list((d / "genesis-ray-logs").glob("*.log"))  # collected, then removed
+    assert (rd.path / "audio" / f"0001-{orch.champion.id}.wav").is_file()
+    for name in ("style-0", "style-1"):
+        assert "--- Ray actor " in (rd.path / "logs" / f"{name}.log").read_text()
 
 
 def test_without_ray_installed_the_executor_is_a_profile_error(tiny_profile, monkeypatch):

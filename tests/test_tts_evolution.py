@@ -4,6 +4,7 @@ the real style-coliseum worker process (events, checkpoints, WAVs)."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import math
 import random
@@ -148,7 +149,7 @@ def tiny_run(tmp_path_factory):
     from engine.tts.orchestrator import StyleOrchestrator
 
     tmp = tmp_path_factory.mktemp("tts-run")
-    profile = parse_profile(tiny_profile_text(tmp), source=tmp / "p.toml")
+    profile = parse_profile(tiny_profile_text(tmp, tempo_weight=10), source=tmp / "p.toml")
     run = RunDir.create(tmp, "tiny", profile.to_toml())
     orch = StyleOrchestrator(profile, run)
     events = []
@@ -188,22 +189,30 @@ def test_champion_never_gets_worse(tiny_run):
     assert all(b2 >= b1 for b1, b2 in zip(best, best[1:], strict=False))
 
 
-def test_neutral_fitness_is_minus_the_direct_mcd(tiny_run):
+def test_neutral_fitness_is_minus_the_direct_mcd_and_tempo_error(tiny_run):
     import torch
 
     from engine.tts.espeak import synthesize
     from engine.tts.mcd import MCDReference
     from engine.tts.student import load_student, mels_to_audio
 
-    profile, _, orch, _, _ = tiny_run
+    profile, run, orch, _, _ = tiny_run
     torch.set_num_threads(1)
     student = load_student(profile.tts.assets_dir())
     ids = student.vocab.encode_text(SENTENCE)
     with torch.no_grad():
         mels, lengths = student.model.synthesize_mel(ids, student.model.neutral_weights(1))
     (wav,) = mels_to_audio(mels, lengths, n_iter=profile.tts.griffin_lim_iters)
-    direct = MCDReference(synthesize(SENTENCE, profile.tts.style()).samples).score(wav)
+    target = synthesize(SENTENCE, profile.tts.style()).samples
+    direct = MCDReference(target).score(wav)
     assert orch.neutral_mcd == pytest.approx(direct, abs=1e-4)
+    # the tempo term: the log of the duration ratio to espeak-ng's, weighted by tempo_weight
+    log_ratio = math.log(len(wav) / len(target))
+    state = json.loads((run.checkpoint_path(0) / "state.json").read_text())
+    neutral = next(i for i in state["population"] if i["operator"] == "neutral")
+    assert neutral["duration_ratio"] == pytest.approx(math.exp(log_ratio), rel=1e-9)
+    assert neutral["fitness"] == pytest.approx(-(direct + 10 * abs(log_ratio)), abs=1e-4)
+    assert abs(log_ratio) > 0.01  # the term is not vanishing on this sentence
 
 
 def test_resume_after_the_last_generation_changes_nothing(tiny_run):
@@ -253,3 +262,22 @@ async def test_the_tui_shows_a_tts_run_and_its_champion_sample(tiny_run, monkeyp
         await pilot.pause(0.1)
         text = str(app.query_one(audio_pane.AudioPane).content)
         assert ".wav" in text and "audio" in text, text
+        # the loss pane and the details speak of scores and MCD, not of training and LoRA
+        from genesis_tui.widgets.details import IndividualDetails
+        from genesis_tui.widgets.loss_pane import LossPane
+
+        await pilot.press("2")
+        await pilot.pause(0.1)
+        pane = app.query_one(LossPane)
+        assert pane.style_track and not pane.query_one("#train-plot").display
+        assert "scored, not trained" in str(pane.query_one("#loss-summary").content)
+        await pilot.press("1", "enter")
+        await pilot.pause(0.2)
+        details = app.screen.query_one(IndividualDetails)
+        from rich.console import Console
+
+        console = Console(width=80, record=True, file=io.StringIO())
+        console.print(details.query_one("#details-text").content)
+        shown = console.export_text()
+        assert "dB to the target style" in shown and "× the target's" in shown, shown
+        assert "LoRA" not in shown

@@ -42,9 +42,11 @@ class StyleIndividual:
     logits: list[float]
     parents: list[str] = field(default_factory=list)
     operator: str = "random"
-    fitness: float | None = None  # −mean MCD (dB) over the sentences
-    mcd: float | None = None
+    fitness: float | None = None  # −(mean MCD + [tts] tempo_weight · tempo_error), in dB
+    mcd: float | None = None  # mean MCD (dB) over the sentences
     status: str = "queued"
+    tempo_error: float | None = None  # mean |ln(duration / the target's)| over the sentences
+    duration_ratio: float | None = None  # exp(mean ln(duration / the target's)): > 1 is slower
 
     @property
     def weights(self) -> list[float]:
@@ -55,6 +57,11 @@ class StyleIndividual:
             "kind": "style",
             "logits": [round(x, 6) for x in self.logits],
             "weights": [round(x, 6) for x in self.weights],
+            **(
+                {}
+                if self.duration_ratio is None
+                else {"duration_ratio": round(self.duration_ratio, 4)}
+            ),
         }
 
     def to_state(self) -> dict[str, Any]:
@@ -67,6 +74,8 @@ class StyleIndividual:
             "fitness": self.fitness,
             "mcd": self.mcd,
             "status": self.status,
+            "tempo_error": self.tempo_error,
+            "duration_ratio": self.duration_ratio,
         }
 
     @classmethod
@@ -80,6 +89,8 @@ class StyleIndividual:
             d.get("fitness"),
             d.get("mcd"),
             d.get("status", "evaluated"),
+            d.get("tempo_error"),
+            d.get("duration_ratio"),
         )
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import time
 from typing import Any
 
@@ -40,7 +41,7 @@ from engine.runcontrol import RunControl
 from engine.rundir import RunDir, atomic_write_bytes
 from engine.tts.evolution import StyleIndividual, initial_logits, next_generation
 from engine.workers import messages as m
-from engine.workers.pool import JobError, WorkerPool
+from engine.workers.pool import JobError, make_pool
 
 STATE_VERSION = 1
 ROLE = "style"
@@ -65,7 +66,7 @@ class StyleOrchestrator(RunControl):
         super().__init__(profile, run)
         self.population: list[StyleIndividual] = []
         self.neutral_mcd: float | None = None
-        self.pool: WorkerPool | None = None
+        self.pool: Any = None  # a WorkerPool or a RayPool ([devices] executor)
         self.champion: StyleIndividual | None = None
         self.k = K_DEFAULT
         # kept for the headless summary, which reads these of either orchestrator
@@ -140,10 +141,14 @@ class StyleOrchestrator(RunControl):
                     self._update(i)
                 self.publish(Log("error", f"style evaluation failed: {exc.reason}"))
                 return
+            weight = self.profile.tts.tempo_weight
             for i in share:
-                scores = done.mcd[i.id]
+                scores, rates = done.mcd[i.id], done.tempo.get(i.id, [])
                 i.mcd = sum(scores) / len(scores)
-                i.fitness = -i.mcd
+                if rates:
+                    i.tempo_error = sum(abs(r) for r in rates) / len(rates)
+                    i.duration_ratio = math.exp(sum(rates) / len(rates))
+                i.fitness = -(i.mcd + weight * (i.tempo_error or 0.0))
                 i.status = "evaluated"
                 self._update(i)
 
@@ -231,6 +236,7 @@ class StyleOrchestrator(RunControl):
                 "status": i.status,
                 "fitness": "" if i.fitness is None else f"{i.fitness:.6f}",
                 "mcd": "" if i.mcd is None else f"{i.mcd:.4f}",
+                "duration_ratio": "" if i.duration_ratio is None else f"{i.duration_ratio:.4f}",
                 "parents": " ".join(i.parents),
                 "operator": i.operator,
                 "weights": " ".join(f"{w:.3f}" for w in i.weights),
@@ -342,7 +348,7 @@ class StyleOrchestrator(RunControl):
                 self.publish(finished)
                 self.run_dir.close()
                 return finished
-        self.pool = WorkerPool(
+        self.pool = make_pool(
             prof,
             self.publish,
             with_teacher=False,
@@ -386,7 +392,14 @@ class StyleOrchestrator(RunControl):
                     break
                 if gen == 0 and self.population[0].operator == "neutral":
                     self.neutral_mcd = self.population[0].mcd
-                    self.publish(Log("info", f"neutral style: MCD {self.neutral_mcd:.3f} dB"))
+                    ratio = self.population[0].duration_ratio
+                    self.publish(
+                        Log(
+                            "info",
+                            f"neutral style: MCD {self.neutral_mcd:.3f} dB"
+                            + ("" if ratio is None else f", {ratio:.2f}× the target's duration"),
+                        )
+                    )
                     await self._render(self.population[0], "neutral", 0)
                 champ = self._finish_generation(gen, time.perf_counter() - t0)
                 self._check_log()

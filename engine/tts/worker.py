@@ -10,6 +10,7 @@ row against the reference.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -42,7 +43,9 @@ class StyleColiseum:
         self.sentences = scored_sentences(profile, self.student.config)
         self.ids = [self.student.vocab.encode_text(s) for s in self.sentences]
         style = tts.style()
-        self.references = [MCDReference(synthesize(s, style).samples) for s in self.sentences]
+        spoken = [synthesize(s, style).samples for s in self.sentences]
+        self.references = [MCDReference(x) for x in spoken]
+        self.reference_lengths = [len(x) for x in spoken]
         self.n_iter = tts.griffin_lim_iters
         self.load_seconds = time.perf_counter() - t0
 
@@ -73,15 +76,18 @@ class StyleColiseum:
         t0 = time.perf_counter()
         names = [i for i, _ in task.items]
         weights = self._weights([lg for _, lg in task.items])
-        per_sentence = []
-        for ids, ref in zip(self.ids, self.references, strict=True):
+        per_sentence, tempo = [], []
+        for ids, ref, n_ref in zip(self.ids, self.references, self.reference_lengths, strict=True):
             self.go.wait()  # the engine is paused: hold here, using nothing
             with self.torch.no_grad():
                 mels, lengths = self.student.model.synthesize_mel(ids, weights)
             wavs = mels_to_audio(mels, lengths, n_iter=self.n_iter)
             per_sentence.append(ref.score_many(wavs))
+            # the speaking rate, which the MCD's DTW alignment takes out: log duration ratio
+            tempo.append([math.log(max(len(w), 1) / max(n_ref, 1)) for w in wavs])
         mcd = {n: [float(s[k]) for s in per_sentence] for k, n in enumerate(names)}
-        return StyleEvalDone(self.worker, task.job, mcd, time.perf_counter() - t0)
+        rate = {n: [t[k] for t in tempo] for k, n in enumerate(names)}
+        return StyleEvalDone(self.worker, task.job, mcd, time.perf_counter() - t0, rate)
 
     def render(self, task: StyleRenderTask) -> StyleRenderDone:
         import numpy as np

@@ -205,6 +205,8 @@ class StyleEvalDone:
     job: int
     mcd: dict[str, list[float]]  # id -> MCD (dB) per sentence, against espeak-ng's target audio
     seconds: float
+    # id -> ln(the genome's duration / espeak-ng's) per sentence: > 0 speaks slower than the target
+    tempo: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from engine.workers.pool import (
 )
 
 POLL_INTERVAL = 0.5
+LOG_CHUNK = 1 << 20  # the most of an actor's printed output one drain carries to the head
 
 
 class ActorWorker:
@@ -63,7 +64,14 @@ class ActorWorker:
     ) -> None:
         from engine.workers.common import setup_process
 
-        setup_process(threads)
+        # What the actor prints (native libraries too: file descriptors 1 and 2) goes to a file on
+        # its node, which ``drain`` sends to the head a piece at a time: the head writes it into
+        # RUN/logs/<name>.log, where a local worker's output is.
+        log_dir = Path(tempfile.gettempdir()) / "genesis-ray-logs"
+        log_dir.mkdir(exist_ok=True)
+        self.log_path = log_dir / f"{name}-{os.getpid()}.log"
+        self._log_offset = 0
+        setup_process(threads, str(self.log_path))
         self.name = name
         self.model_dirs: dict[str, str] = {}  # where shipped models landed on this node
         for role, ref in (shipped or {}).items():
@@ -94,9 +102,11 @@ class ActorWorker:
                 os.replace(part, root)
             except OSError:  # another actor on this node landed it first
                 shutil.rmtree(part, ignore_errors=True)
-        spec = getattr(profile, role)
-        self.model_dirs[str(root)] = spec.model
-        return profile.model_copy(update={role: spec.model_copy(update={"model": str(root)})})
+        spec, key = getattr(profile, role), MODEL_FIELD[role]
+        self.model_dirs[str(root)] = str(getattr(spec, key))
+        return profile.model_copy(
+            update={role: spec.model_copy(update={key: type(getattr(spec, key))(root)})}
+        )
 
     @staticmethod
     def _land_file(data: bytes) -> str:
@@ -119,17 +129,36 @@ class ActorWorker:
             self._messages.append(msg)
 
     def ready(self) -> tuple[int, str, str]:
+        """pid, where (host and Ray node: several nodes can share a host), what it loaded."""
         import socket
 
-        return os.getpid(), socket.gethostname(), self.obj.ready_detail
+        import ray
 
-    def drain(self) -> list[Any]:
+        node = ray.get_runtime_context().get_node_id()[:8]
+        return os.getpid(), f"{socket.gethostname()} (Ray node {node})", self.obj.ready_detail
+
+    def drain(self) -> tuple[list[Any], bytes]:
+        """The messages put since the last call, and what the actor printed since then."""
         with self._lock:
             out, self._messages = self._messages, []
-        return out
+            try:
+                with open(self.log_path, "rb") as f:
+                    f.seek(self._log_offset)
+                    printed = f.read(LOG_CHUNK)
+            except OSError:
+                printed = b""
+            self._log_offset += len(printed)
+        return out, printed
 
     def pause(self, paused: bool) -> None:
         (self.go.clear if paused else self.go.set)()
+
+    def last_words(self) -> tuple[list[Any], bytes]:
+        """The final drain before the pool kills this actor; its log file on the node goes."""
+        out = self.drain()
+        with contextlib.suppress(OSError):
+            self.log_path.unlink()
+        return out
 
     def handle(self, task: Any) -> Any:
         """Run one task; a failure is a JobFailed (the actor lives on), as in a local worker."""
@@ -274,11 +303,11 @@ class RayPool(PoolBase):
         import ray
 
         out = {}
-        for role in ("student", "teacher"):
+        for role, key in MODEL_FIELD.items():
             spec = getattr(self.profile, role, None)
-            if spec is None or self.run_dir is None:
+            if spec is None or getattr(spec, key) is None or self.run_dir is None:
                 continue
-            path = Path(spec.model).expanduser()
+            path = Path(getattr(spec, key)).expanduser()
             if not (path.is_dir() and path.resolve().is_relative_to(self.run_dir.resolve())):
                 continue
             files = {
@@ -295,6 +324,9 @@ class RayPool(PoolBase):
     def _check_capacity(
         self, offered: dict[str, float], demand: list[dict[str, float]], address: str
     ) -> None:
+        where_asked = (
+            "[tts] devices" if self.profile.tts is not None else "[devices] teacher and coliseum"
+        )
         need_gpus = sum(d["num_gpus"] for d in demand)
         need_cpus = sum(d["num_cpus"] for d in demand)
         have_gpus, have_cpus = offered.get("GPU", 0.0), offered.get("CPU", 0.0)
@@ -302,9 +334,9 @@ class RayPool(PoolBase):
             where = f"the Ray cluster at {address!r}" if address else "the local Ray instance"
             raise WorkerStartError(
                 f"{where} cannot place this run's actors: they ask for {need_gpus:g} GPU(s) and "
-                f"{need_cpus:g} CPU(s) ([devices] teacher and coliseum, threads_per_worker), the "
+                f"{need_cpus:g} CPU(s) ({where_asked}, threads_per_worker), the "
                 f"cluster offers {have_gpus:g} GPU(s) and {have_cpus:g} CPU(s) — add nodes "
-                "(ray start --address …) or ask for fewer coliseum workers"
+                "(ray start --address …) or ask for fewer workers"
             )
 
     async def _spawn(self, w: _Actor) -> None:
@@ -326,6 +358,10 @@ class RayPool(PoolBase):
                 f"the {w.name} Ray actor ({w.device}) could not start: {reason}"
             ) from None
         w.pid, w.node = pid, node
+        self._write_log(
+            w, f"--- Ray actor {w.name}, pid {pid} on {node} ({w.device}) ---\n".encode()
+        )
+        await self._drain(w)  # what it printed while loading its model
         if self.paused:
             w.handle.pause.remote(True)
         self.publish(WorkerState(w.name, w.role, w.device, "ready", pid, f"{detail} on {node}"))
@@ -335,6 +371,9 @@ class RayPool(PoolBase):
         import ray
 
         self._closing = True
+        live = [w for w in self.workers if w.handle is not None and not w.gone]
+        with contextlib.suppress(Exception):  # the last of what each live actor printed
+            await asyncio.wait_for(asyncio.gather(*(self._drain(w, last=True) for w in live)), 5)
         for w in self.workers:
             if w.handle is not None:
                 with contextlib.suppress(Exception):
@@ -359,6 +398,21 @@ class RayPool(PoolBase):
 
         return ray.put(blob)
 
+    def _log_path(self, w: _Actor) -> Path | None:
+        return self.run_dir / "logs" / f"{w.name}.log" if self.run_dir is not None else None
+
+    def _write_log(self, w: _Actor, data: bytes) -> None:
+        """Append what an actor printed to RUN/logs/<name>.log (the head's copy of it)."""
+        path = self._log_path(w)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(data)
+        except OSError as exc:  # a full disk: the run's own checkpoint write reports it
+            self.publish(Log("warning", f"could not write {path}: {exc}"))
+
     # --- jobs -----------------------------------------------------------------------------------
 
     async def _poll(self, w: _Actor) -> None:
@@ -367,11 +421,14 @@ class RayPool(PoolBase):
             await asyncio.sleep(POLL_INTERVAL)
             await self._drain(w)
 
-    async def _drain(self, w: _Actor) -> None:
+    async def _drain(self, w: _Actor, last: bool = False) -> None:
         try:
-            messages = await w.handle.drain.remote()
+            call = w.handle.last_words if last else w.handle.drain
+            messages, printed = await call.remote()
         except Exception:  # noqa: BLE001 - the actor is gone; run() handles that
             return
+        if printed:
+            self._write_log(w, printed)
         for msg in messages:
             if isinstance(msg, m.Progress):
                 self.publish(TrainProgress(msg.id, msg.step, msg.steps, msg.loss, dict(msg.terms)))
@@ -449,9 +506,13 @@ class RayPool(PoolBase):
                 self._idle[w.role].put_nowait(err)
 
 
+# The profile section of each model a worker may hold, and its field naming the model's directory.
+MODEL_FIELD = {"student": "model", "teacher": "model", "tts": "assets"}
+
+
 def _model_role(worker_role: str) -> str:
-    """The profile section of the model a worker holds."""
-    return "teacher" if worker_role == "teacher" else "student"
+    """The profile section of the model a worker holds: the style coliseum's is [tts]."""
+    return {"teacher": "teacher", "style": "tts"}.get(worker_role, "student")
 
 
 def _actor_error(exc: BaseException) -> str:

@@ -49,13 +49,25 @@ class IndividualDetails(Vertical):
         g.add_column(style="bold", no_wrap=True)
         g.add_column()
         g.add_row("fitness", _f(entry.fitness, "{:.4f}"))
-        g.add_row(
-            "val loss", _f(entry.val_loss, "{:.4f}") + f"   ppl {_f(entry.perplexity, '{:.2f}')}"
-        )
-        g.add_row(
-            "LoRA", f"rank {entry.rank} · alpha {entry.alpha:g} · lr {entry.learning_rate:.3g}"
-        )
-        if genome:
+        style = (genome or entry.genome or {}).get("kind") == "style"
+        if style:  # a TTS style genome: scored by MCD (and tempo), no LoRA, no training
+            g.add_row("MCD", _f(entry.val_loss, "{:.3f} dB") + " to the target style")
+            ratio = (genome or entry.genome).get("duration_ratio")
+            if ratio is not None:
+                g.add_row("duration", f"{ratio:.2f}× the target's")
+            weights = (genome or entry.genome).get("weights") or []
+            top = sorted(enumerate(weights), key=lambda kw: -kw[1])[:5]
+            g.add_row("tokens", " · ".join(f"t{k} {w:.2f}" for k, w in top))
+        else:
+            g.add_row(
+                "val loss",
+                _f(entry.val_loss, "{:.4f}") + f"   ppl {_f(entry.perplexity, '{:.2f}')}",
+            )
+            g.add_row(
+                "LoRA",
+                f"rank {entry.rank} · alpha {entry.alpha:g} · lr {entry.learning_rate:.3g}",
+            )
+        if genome and not style:
             mods = genome.get("target_modules")
             if mods:
                 g.add_row("targets", ", ".join(mods))
@@ -73,14 +85,17 @@ class IndividualDetails(Vertical):
                     Text.assemble(
                         (f"{indent}{anc.id} ", "bold" if level == 1 else ""),
                         f"gen {anc.generation} {anc.status} ",
-                        _f(anc.val_loss, "loss {:.4f}") + f" · {anc.operator}",
+                        _f(anc.val_loss, "MCD {:.3f}" if style else "loss {:.4f}")
+                        + f" · {anc.operator}",
                     )
                 )
             else:
                 rows.append(Text(f"{indent}{anc}", style="dim"))
         lines = Text("\n").join(rows)
         losses = entry.losses
-        if losses:
+        if style:
+            lt = Text("style genomes are scored, not trained: no loss per step", style="dim")
+        elif losses:
             done, total = entry.step
             lt = Text(
                 f"step {done}/{total} ({len(losses)} readings) · first {losses[0]:.4f} · "
@@ -103,3 +118,5 @@ class IndividualDetails(Vertical):
             )
         )
         spark.data = list(losses[-400:])
+        self.query_one("#details-loss-label").display = not style
+        spark.display = not style

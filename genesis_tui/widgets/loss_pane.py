@@ -58,6 +58,8 @@ class LossPane(Vertical):
         self.references: dict[str, float] = {}
         self.last: TrainProgress | None = None
         self.use_plotext = PlotextPlot is not None
+        # a TTS run: style genomes are scored (MCD dB, tempo penalty included), never trained
+        self.style_track = False
 
     def compose(self) -> ComposeResult:
         yield Static(Text("no training step yet", style="bright_black"), id="loss-summary")
@@ -120,8 +122,11 @@ class LossPane(Vertical):
                 changed = True
             elif isinstance(e, TrainFinished):
                 self.finished_ids.add(e.id)
-            elif isinstance(e, IndividualUpdate) and e.status in ("failed", "culled", "paused"):
-                self.finished_ids.add(e.id)
+            elif isinstance(e, IndividualUpdate):
+                if e.status in ("failed", "culled", "paused"):
+                    self.finished_ids.add(e.id)
+                if not self.style_track and (e.genome or {}).get("kind") == "style":
+                    self.style_track = changed = True
             elif isinstance(e, GenerationFinished):
                 self.generations.append((e.generation, -e.best, -e.mean, -e.worst))
                 changed = True
@@ -143,6 +148,11 @@ class LossPane(Vertical):
                     " (" + " · ".join(f"{k} {v:.4f}" for k, v in e.terms.items()) + ")",
                     style="bright_black",
                 )
+        elif self.style_track:
+            t.append(
+                "style genomes are scored, not trained: score = MCD dB (+ tempo penalty)",
+                style="bright_black",
+            )
         else:
             t.append("no training step yet", style="bright_black")
         t.append("\n")
@@ -166,6 +176,7 @@ class LossPane(Vertical):
 
     def _draw_plotext(self) -> None:
         train = self.query_one("#train-plot", PlotextPlot)
+        train.display = not self.style_track  # the generations' plot takes the whole width
         plt = train.plt
         plt.clear_data()
         plt.clear_figure()
@@ -191,7 +202,8 @@ class LossPane(Vertical):
         plt.clear_data()
         plt.clear_figure()
         rows = [r for r in self.generations if _ok(r[1])]
-        plt.title("val loss / generation" if rows else "val loss: after the first generation")
+        metric = "score dB" if self.style_track else "val loss"
+        plt.title(f"{metric} / generation" if rows else f"{metric}: after the first generation")
         if rows:
             xs = [r[0] for r in rows]
             for k, (name, color) in enumerate(
