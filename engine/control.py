@@ -58,7 +58,15 @@ def socket_path(run_dir: Path) -> Path:
     if len(os.fsencode(inside)) <= MAX_SOCKET_PATH:
         return inside
     digest = hashlib.sha256(os.fsencode(run_dir)).hexdigest()[:20]
-    return Path(tempfile.gettempdir()) / f"genesis-{os.getuid()}" / f"{digest}.sock"
+    # the system's temporary directory, else /tmp when $TMPDIR is itself too deep for an address
+    for base in (tempfile.gettempdir(), "/tmp"):
+        path = Path(base) / f"genesis-{os.getuid()}" / f"{digest}.sock"
+        if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
+            return path
+    raise RunDirError(
+        f"no place for the control socket of {run_dir}: the run directory's path is too long for "
+        f"a Unix socket address, and so is {path} — set TMPDIR to a short directory (e.g. /tmp)"
+    )
 
 
 def peer_uid(sock: socket.socket) -> int | None:

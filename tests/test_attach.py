@@ -172,6 +172,16 @@ def test_a_run_directory_too_deep_for_a_socket_address_gets_a_private_one(tmp_pa
     assert len(os.fsencode(path)) < 100 and socket_path(deep) == path  # the same for both sides
 
 
+def test_a_temporary_directory_too_deep_as_well_falls_back_to_tmp(tmp_path, monkeypatch):
+    import tempfile
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path / ("t" * 90)))
+    path = socket_path(deep)
+    assert path.parent == Path("/tmp") / f"genesis-{os.getuid()}"
+    assert len(os.fsencode(path)) < 100
+
+
 async def test_a_deep_run_directory_still_serves(tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)

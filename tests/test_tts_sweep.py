@@ -124,6 +124,37 @@ def test_sweep_on_the_shipped_student(shipped, tmp_path):
     assert count_parameters(back.model) == pruned.params
 
 
+def _distance_to_teacher(model, teacher, ids, weights) -> float:
+    """Mean |Δ| between the model's and the teacher's log-mels, the teacher's durations forced."""
+    lengths = torch.full((weights.shape[0],), len(ids))
+    batch = torch.tensor([ids] * weights.shape[0])
+    with torch.no_grad():
+        ref = teacher.run(batch, lengths, weights)
+        out = model.run(batch, lengths, weights, ref.durations)
+    return float((out.mel - ref.mel).abs().mean())
+
+
+def test_healing_distils_the_pruned_student_towards_the_unpruned_one(shipped):
+    """A 0.4-pruned copy, 40 healing steps on training-template sentences: on a held-out
+    sentence, in styles it never saw, its mels move closer to the unpruned student's; the style
+    tokens and the original are untouched."""
+    held_out = shipped.vocab.encode_text(shipped.config["eval_sentences"][1])
+    pruned = sw.prune(shipped.model, held_out, 0.4)
+    weights = torch.softmax(torch.randn(4, 10, generator=torch.Generator().manual_seed(5)), -1)
+    before = _distance_to_teacher(pruned, shipped.model, held_out, weights)
+    tokens = pruned.style_tokens.weight.clone()
+    original = {k: v.clone() for k, v in shipped.model.state_dict().items()}
+    sentences = sw.heal_sentences(shipped, 32)
+    assert not set(sentences) & set(shipped.config["eval_sentences"])
+    info = sw.heal(pruned, shipped.model, shipped.vocab, 40, sentences)
+    after = _distance_to_teacher(pruned, shipped.model, held_out, weights)
+    assert info["steps"] == 40 and info["last_loss"] < info["first_loss"]
+    assert after < 0.8 * before, (before, after)
+    assert torch.equal(pruned.style_tokens.weight, tokens)
+    assert all(torch.equal(v, original[k]) for k, v in shipped.model.state_dict().items())
+    assert not any(p.requires_grad for p in pruned.parameters()) and not pruned.training
+
+
 def test_a_tts_run_sweeps_first_and_evolves_the_chosen_student(tmp_path):
     """[tts] prune_sweep = [0.3] (one ratio: it is the baseline and the choice): the sweep runs in
     a spawned process, writes RUN/sweep/, logs its summary, and the style workers load the pruned
@@ -139,7 +170,7 @@ def test_a_tts_run_sweeps_first_and_evolves_the_chosen_student(tmp_path):
     text = (
         f'[run]\nname = "swept"\nseed = 3\noutput_dir = "{tmp_path}"\n'
         f'[tts]\nsentences = ["{sentence}"]\npopulation = 3\ngriffin_lim_iters = 4\n'
-        "prune_sweep = [0.3]\nmax_mcd_increase_db = 0.5\n"
+        "prune_sweep = [0.3]\nmax_mcd_increase_db = 0.5\nprune_heal_steps = 20\n"
         "[devices]\nthreads_per_worker = 1\n"
         "[evolution]\ngenerations = 1\nelitism = 1\ntournament_size = 2\n"
     )
@@ -154,12 +185,16 @@ def test_a_tts_run_sweeps_first_and_evolves_the_chosen_student(tmp_path):
     out = run.path / "sweep"
     data = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert data["chosen_ratio"] == 0.3 and (out / "sweep.md").is_file()
+    # healed before it was measured: both MCDs are in the table, the saved student says so
+    assert data["heal_steps"] == 20 and data["points"][0]["mcd_unhealed"] is not None
+    assert "MCD before healing" in (out / "sweep.md").read_text()
     ET.parse(out / "sweep.svg")
     assert any(isinstance(e, Log) and "chosen 0.30" in e.message for e in events)
     assert orch.profile.tts.assets_dir() == out / "student"
 
     pruned = load_student(out / "student")
     assert pruned.model.current_config().encoder_filters[0] < 256
+    assert "then 20 steps distilled" in pruned.config["pruning"]["method"]
     style = profile.tts.style()
     ref = MCDReference(synthesize(sentence, style).samples)
 

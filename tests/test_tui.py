@@ -332,7 +332,9 @@ async def test_command_palette_offers_what_applies_now():
 
 
 async def test_quit_asks_then_stops_the_run():
-    app, fake = make(generations=3, steps=100, step_delay=0.01)
+    # the individual in flight lasts ≥ 4 s (400 steps × 10 ms): "stopping…" is still there when
+    # the header is read, even on a loaded machine (100 steps were sometimes over by then)
+    app, fake = make(generations=3, steps=400, step_delay=0.01)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.started)
         await pilot.press("q")
@@ -349,7 +351,9 @@ async def test_quit_asks_then_stops_the_run():
         await pilot.press("q")  # while stopping: offers to quit at once
         assert isinstance(app.screen, ConfirmScreen) and app.screen.title_ == "Quit now?"
         await pilot.press("n")
-        await until(pilot, lambda: not app.is_running, what="the app to exit after the run stops")
+        await until(
+            pilot, lambda: not app.is_running, 20, what="the app to exit after the run stops"
+        )
     assert app.return_value == 130
     assert "resume with: genesis-tui --resume" in app.farewell
 

@@ -290,6 +290,7 @@ class StyleOrchestrator(RunControl):
             previous is not None
             and [p["ratio"] for p in previous.get("points", [])] == [round(r, 4) for r in ratios]
             and previous.get("max_mcd_increase_db") == tts.max_mcd_increase_db
+            and previous.get("heal_steps", 0) == tts.prune_heal_steps
             and (out / "student" / "config.json").is_file()
         ):
             self.publish(Log("info", f"reusing the pruning sweep in {out}: {previous['summary']}"))
@@ -298,7 +299,8 @@ class StyleOrchestrator(RunControl):
                 Log(
                     "info",
                     f"pruning sweep over ratios {', '.join(f'{r:g}' for r in ratios)} "
-                    f"(sweet spot: the fastest within +{tts.max_mcd_increase_db:g} dB MCD)",
+                    f"(each pruned copy healed by {tts.prune_heal_steps} distillation steps; "
+                    f"sweet spot: the fastest within +{tts.max_mcd_increase_db:g} dB MCD)",
                 )
             )
             sentences = scored_sentences(prof, _read_config(tts.assets_dir()))
@@ -324,6 +326,7 @@ class StyleOrchestrator(RunControl):
                     style_dict,
                     threads,
                     tts.griffin_lim_iters,
+                    tts.prune_heal_steps,
                 )
             finally:
                 await asyncio.to_thread(pool.shutdown)

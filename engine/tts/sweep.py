@@ -4,9 +4,10 @@ For each pruning ratio (0, 0.1, …, 0.7 by default) a fresh copy of the student
 Torch-Pruning — ``tp.pruner.MetaPruner``, ``GroupMagnitudeImportance(p=2)`` (the L2 norm of each
 channel group, the same setting as tests/test_tts_model.py), ``pruning_ratio=ratio``, the layers of
 :func:`engine.tts.model.prunable_ignored_layers` kept whole, the model's own forward
-``(ids, weights)`` as the example input — and then measured, with no fine-tuning afterwards (a
-fine-tune needs the training corpus and minutes per ratio; the sweep shows what pruning alone
-costs, which is the cheap end of the trade):
+``(ids, weights)`` as the example input — then healed (``heal_steps``, 200 by default; 0 skips
+it): distilled from the unpruned student on sentences of the training templates in random styles
+(:func:`heal`; no audio is needed, the unpruned student is the teacher), about 30 s a ratio on 2
+CPU cores — and then measured:
 
 * **parameters** — all, and those of the inference path (the reference encoder left out);
 * **MCD** (engine/tts/mcd.py) of the student speaking each sentence through Griffin-Lim against
@@ -55,6 +56,7 @@ import numpy as np
 
 DEFAULT_RATIOS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 DEFAULT_MAX_MCD_INCREASE_DB = 0.5
+DEFAULT_HEAL_STEPS = 200  # the [tts] prune_heal_steps default too
 RULE = (
     "the lowest model real-time factor among the ratios whose MCD is at most "
     "max_mcd_increase_db above the MCD at ratio 0"
@@ -79,6 +81,8 @@ class SweepPoint:
     rtf_audio_s: float  # seconds of audio the timed batch produced (the RTF's denominator)
     rtf_model_same_frames: float  # the forward pass with the unpruned model's durations
     prune_seconds: float
+    mcd_unhealed: float | None = None  # dB, before the healing distillation (None: not healed)
+    heal_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -114,6 +118,92 @@ def prune(model: Any, ids: Sequence[int], ratio: float) -> Any:
     return pruned.eval()
 
 
+def heal_sentences(student: Any, n: int = 256, seed: int = 11) -> list[str]:
+    """Sentences of the student's own training templates (engine/tts/build.py), none of its
+    held-out evaluation sentences: the inputs a pruned copy is distilled on (no audio needed)."""
+    from engine.tts.build import make_sentences
+
+    return make_sentences(seed, n, frozenset(student.config.get("eval_sentences", [])))
+
+
+def heal(
+    model: Any,
+    teacher: Any,
+    vocab: Any,
+    steps: int,
+    sentences: Sequence[str],
+    *,
+    batch: int = 8,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Distil the unpruned student (``teacher``) into its pruned copy ``model``, in place.
+
+    Knowledge distillation needs only inputs: each step draws ``batch`` of ``sentences`` and as
+    many random styles (softmax of gaussian logits, std 1.5 — the kind of weights the evolution
+    tries), the teacher speaks them (predicted durations), and the pruned model learns the
+    teacher's normalised log-mels with the teacher's durations forced (L1 + L2, the build's mel
+    loss) and the teacher's log-durations (MSE). The style tokens and the reference encoder stay
+    as they are, so a genome means the same to the healed model as to the unpruned one. Adam,
+    gradient norm clipped at 1. Returns the first and last losses and the seconds taken.
+    """
+    import random
+
+    import torch
+
+    if steps <= 0:
+        return {"steps": 0, "first_loss": 0.0, "last_loss": 0.0, "seconds": 0.0}
+    t0 = time.perf_counter()
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    dev = model.mel_mean.device
+    encoded = [vocab.encode_text(s) for s in sentences]
+    frozen = ("style_tokens.", "reference.")
+    params = [p for n, p in model.named_parameters() if not n.startswith(frozen)]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(params, lr=lr)
+    model.train()
+    teacher.eval()
+    k = model.style_tokens.in_features
+    first = last = 0.0
+    for step in range(steps):
+        rows = [encoded[rng.randrange(len(encoded))] for _ in range(batch)]
+        lengths = torch.tensor([len(r) for r in rows], device=dev)
+        ids = torch.zeros(batch, int(lengths.max()), dtype=torch.long, device=dev)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, device=dev)
+        weights = torch.softmax(torch.randn(batch, k, generator=gen) * 1.5, dim=-1).to(dev)
+        with torch.no_grad():
+            ref = teacher.run(ids, lengths, weights)
+        out = model.run(ids, lengths, weights, ref.durations)
+        pred, target = out.extra["normalised"], ref.extra["normalised"]
+        fmask = torch.arange(pred.shape[-1], device=dev)[None] < ref.mel_lengths[:, None]
+        fmask = fmask.float()[:, None]
+        n = fmask.sum() * pred.shape[1]
+        diff = (pred - target) * fmask
+        mel_loss = diff.abs().sum() / n + (diff**2).sum() / n
+        pmask = (torch.arange(ids.shape[1], device=dev)[None] < lengths[:, None]).float()
+        dur_loss = (((out.log_durations - ref.log_durations) * pmask) ** 2).sum() / pmask.sum()
+        loss = mel_loss + dur_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        last = float(loss.detach())
+        if step == 0:
+            first = last
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+    return {
+        "steps": steps,
+        "first_loss": first,
+        "last_loss": last,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
 def target_weights(student: Any, sentences: Sequence[str], target_refs: Sequence[Any]) -> Any:
     """The reference encoder's token weights (K,) for the target: mean over the sentences of what
     it reads off espeak-ng's target-style audio (``Synthesis`` objects) of each."""
@@ -142,10 +232,15 @@ def sweep(
     rtf_batch: int = 16,
     rtf_repeat: int = 7,
     n_iter: int = 32,
+    heal_steps: int = 0,
+    keep: dict[float, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[SweepPoint]:
     """Prune a fresh copy of ``student`` (a LoadedStudent) at each ratio and measure it; see the
-    module docstring. ``weights`` (K,) is the fixed style (default: :func:`target_weights`)."""
+    module docstring. ``weights`` (K,) is the fixed style (default: :func:`target_weights`).
+    ``heal_steps`` > 0: each pruned copy is distilled from the unpruned student (:func:`heal`)
+    before it is measured, and its MCD before healing is kept too. ``keep``: filled with each
+    ratio's (healed) model."""
     import torch
 
     from engine.tts.audio import MEL
@@ -174,20 +269,32 @@ def sweep(
         base_out = student.model.run(ids_b, len_b, w_b)
     durations_b = base_out.durations
     frames_s = float(base_out.mel_lengths.sum()) * MEL.hop_length / SAMPLE_RATE
-    points = []
-    for ratio in ratios:
-        t0 = time.perf_counter()
-        model = prune(student.model, ids[0], float(ratio))
-        prune_s = time.perf_counter() - t0
+    heal_on = heal_sentences(student) if heal_steps > 0 else []
+
+    def mcd_of(model: Any) -> list[float]:
         wd = w.to(model.mel_mean.device)
-        mcds = []
+        out = []
         for sid, scorer in zip(ids, scorers, strict=True):
             with torch.no_grad():
                 mels, lengths = model.synthesize_mel(sid, wd)
             (wav,) = mels_to_audio(mels, lengths, n_iter=n_iter)
             if len(wav) == 0:  # a badly pruned duration predictor can say nothing: silence
                 wav = np.zeros(1, dtype=np.float32)
-            mcds.append(scorer.score(wav))
+            out.append(scorer.score(wav))
+        return out
+
+    points = []
+    for ratio in ratios:
+        t0 = time.perf_counter()
+        model = prune(student.model, ids[0], float(ratio))
+        prune_s = time.perf_counter() - t0
+        unhealed, heal_s = None, 0.0
+        if heal_steps > 0 and ratio > 0:
+            unhealed = float(np.mean(mcd_of(model)))
+            heal_s = heal(model, student.model, student.vocab, heal_steps, heal_on)["seconds"]
+        mcds = mcd_of(model)
+        if keep is not None:
+            keep[round(float(ratio), 4)] = model
         same = []
         with torch.no_grad():
             for _ in range(rtf_repeat + 1):  # the first is a warm-up
@@ -216,13 +323,16 @@ def sweep(
             rtf_audio_s=float(rtf["audio_s"]),
             rtf_model_same_frames=float(np.median(same[1:])) / frames_s,
             prune_seconds=prune_s,
+            mcd_unhealed=unhealed,
+            heal_seconds=heal_s,
         )
         points.append(point)
         if log:
             log(
                 f"ratio {point.ratio:.2f}: {point.params_inference / 1e6:.3f}M params, "
-                f"MCD {point.mcd:.3f} dB, RTF model {point.rtf_model:.4f} "
-                f"total {point.rtf_total:.4f}"
+                f"MCD {point.mcd:.3f} dB"
+                + ("" if unhealed is None else f" ({unhealed:.3f} before healing, {heal_s:.1f}s)")
+                + f", RTF model {point.rtf_model:.4f} total {point.rtf_total:.4f}"
             )
     return points
 
@@ -243,10 +353,14 @@ def choose(points: Sequence[SweepPoint], max_mcd_increase_db: float) -> SweepPoi
 def table(points: Sequence[SweepPoint], chosen: SweepPoint | None = None) -> str:
     """The points as a markdown table; the chosen ratio marked with ◀."""
     base = next((p for p in points if p.ratio == 0), points[0])
+    healed = any(p.mcd_unhealed is not None for p in points)
     rows = [
-        "| ratio | params (inference) | enc / dec / dur widths | MCD (dB) | ΔMCD | RTF model "
-        "| speed-up | RTF model, same frames | audio (s) | RTF with Griffin-Lim | |",
-        "|---:|---:|:---|---:|---:|---:|---:|---:|---:|---:|:---|",
+        "| ratio | params (inference) | enc / dec / dur widths | MCD (dB) | ΔMCD "
+        + ("| MCD before healing " if healed else "")
+        + "| RTF model | speed-up | RTF model, same frames | audio (s) | RTF with Griffin-Lim | |",
+        "|---:|---:|:---|---:|---:|"
+        + ("---:|" if healed else "")
+        + "---:|---:|---:|---:|---:|:---|",
     ]
     for p in points:
         widths = (
@@ -255,7 +369,9 @@ def table(points: Sequence[SweepPoint], chosen: SweepPoint | None = None) -> str
         )
         rows.append(
             f"| {p.ratio:.2f} | {p.params_inference / 1e6:.3f}M | {widths} | {p.mcd:.3f} "
-            f"| {p.mcd - base.mcd:+.3f} | {p.rtf_model:.4f} | {base.rtf_model / p.rtf_model:.2f}× "
+            f"| {p.mcd - base.mcd:+.3f} "
+            + (f"| {'—' if p.mcd_unhealed is None else f'{p.mcd_unhealed:.3f}'} " if healed else "")
+            + f"| {p.rtf_model:.4f} | {base.rtf_model / p.rtf_model:.2f}× "
             f"| {p.rtf_model_same_frames:.4f} | {p.rtf_audio_s:.1f} | {p.rtf_total:.4f} | {'◀ chosen' if chosen is not None and p is chosen else ''} |"
         )
     return "\n".join(rows) + "\n"
@@ -339,6 +455,7 @@ def write_outputs(
     max_mcd_increase_db: float,
     *,
     student: Any = None,
+    model: Any = None,
     meta: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """``sweep.json``, ``sweep.md`` and ``sweep.svg`` into ``out``, and, given the (unpruned)
@@ -366,8 +483,10 @@ def write_outputs(
     _atomic_write(paths["md"], md.encode("utf-8"))
     _atomic_write(paths["svg"], svg(points, chosen).encode("utf-8"))
     if student is not None:
-        sentence = (meta or {}).get("sentences", ["The patient has a mild fever."])[0]
-        model = prune(student.model, student.vocab.encode_text(sentence), chosen.ratio)
+        if model is None:  # the sweep's own (healed) model of the chosen ratio, else prune again
+            sentence = (meta or {}).get("sentences", ["The patient has a mild fever."])[0]
+            model = prune(student.model, student.vocab.encode_text(sentence), chosen.ratio)
+        heal_steps = int((meta or {}).get("heal_steps", 0))
         extra = {
             k: v
             for k, v in student.config.items()
@@ -375,7 +494,12 @@ def write_outputs(
         }
         extra["pruning"] = {
             "ratio": chosen.ratio,
-            "method": "torch-pruning MetaPruner, GroupMagnitudeImportance(p=2), no fine-tuning",
+            "method": "torch-pruning MetaPruner, GroupMagnitudeImportance(p=2), "
+            + (
+                f"then {heal_steps} steps distilled from the unpruned student"
+                if heal_steps and chosen.ratio > 0
+                else "no fine-tuning"
+            ),
             "rule": RULE,
             "max_mcd_increase_db": max_mcd_increase_db,
         }
@@ -395,6 +519,7 @@ def run_sweep(
     rtf_batch: int = 16,
     rtf_repeat: int = 7,
     n_iter: int = 32,
+    heal_steps: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Load the student, sweep, choose, write everything into ``out``. Returns a dict with the
@@ -409,6 +534,7 @@ def run_sweep(
     if target_style is None:
         target_style = Style(**student.config["target_style"])
     t0 = time.perf_counter()
+    models: dict[float, Any] = {}
     points = sweep(
         student,
         ratios,
@@ -417,6 +543,8 @@ def run_sweep(
         rtf_batch=rtf_batch,
         rtf_repeat=rtf_repeat,
         n_iter=n_iter,
+        heal_steps=heal_steps,
+        keep=models,
         log=log,
     )
     chosen = choose(points, max_mcd_increase_db)
@@ -428,10 +556,23 @@ def run_sweep(
         "rtf_repeat": rtf_repeat,
         "griffin_lim_iters": n_iter,
         "torch_threads": torch.get_num_threads(),
-        "fine_tuning": "none",
+        "fine_tuning": (
+            f"{heal_steps} steps distilled from the unpruned student (engine/tts/sweep.py heal)"
+            if heal_steps
+            else "none"
+        ),
+        "heal_steps": heal_steps,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    paths = write_outputs(out, points, chosen, max_mcd_increase_db, student=student, meta=meta)
+    paths = write_outputs(
+        out,
+        points,
+        chosen,
+        max_mcd_increase_db,
+        student=student,
+        model=models.get(chosen.ratio),
+        meta=meta,
+    )
     return {
         "points": points,
         "chosen": chosen,
@@ -450,6 +591,7 @@ def sweep_job(
     style: dict[str, Any],
     threads: int,
     n_iter: int = 32,
+    heal_steps: int = 0,
 ) -> dict[str, Any]:
     """The sweep of a TTS run, in a spawned process (engine/tts/orchestrator.py): plain arguments
     in, plain results out (the chosen ratio, the summary line, the table, the student's path)."""
@@ -466,6 +608,7 @@ def sweep_job(
         sentences=sentences,
         target_style=Style(**style),
         n_iter=n_iter,
+        heal_steps=heal_steps,
     )
     return {
         "chosen_ratio": res["chosen"].ratio,
@@ -499,6 +642,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rtf-batch", type=int, default=16)
     parser.add_argument("--rtf-repeat", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--heal-steps",
+        type=int,
+        default=DEFAULT_HEAL_STEPS,
+        help="distil each pruned copy from the unpruned student for this many steps before "
+        "measuring it (0: pruning alone)",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -515,6 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sentences=cfg.get("eval_sentences", [])[: args.sentences] or None,
         rtf_batch=args.rtf_batch,
         rtf_repeat=args.rtf_repeat,
+        heal_steps=args.heal_steps,
         log=lambda m: print(m, file=sys.stderr, flush=True),
     )
     print(res["table"], end="")
