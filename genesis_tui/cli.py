@@ -227,6 +227,14 @@ def _summary(profile) -> str:
             f"{profile.source}: TTS run '{profile.run.name}' (seed {profile.run.seed}) — style evolution of "
             f"{tts.assets_dir()} on {', '.join(tts.devices)} towards {tts.style().label}; population "
             f"{tts.population} × {profile.evolution.generations} generations"
+            + (f"; tempo weight {tts.tempo_weight:g}" if tts.tempo_weight else "")
+            + (
+                f"; pruning sweep over {len(tts.prune_sweep)} ratios, "
+                f"{tts.prune_heal_steps} healing steps each"
+                if tts.prune_sweep
+                else ""
+            )
+            + _executor_summary(profile.devices)
         )
     t = profile.teacher
     teacher = f"{t.model} on {profile.devices.teacher}" if t is not None and t.enabled else "none"
