@@ -144,6 +144,10 @@ class HeadlessView:
             self.line("engine paused" if e.paused else "engine resumed")
         elif isinstance(e, CommandAck):
             self.line(f"command {e.command.get('kind')}: {e.detail}")
+        elif isinstance(e, Log) and e.level == "info":
+            # the engine's own milestones (pruning, the TTS sweep and its choice, the neutral
+            # style's score); operator commands are acknowledged in CommandAck, not here
+            self.line(e.message)
         elif isinstance(e, Log) and e.level in ("warning", "error"):
             self.line(f"{e.level}: {e.message}")
 
