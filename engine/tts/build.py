@@ -321,6 +321,28 @@ def reference_batch(
     return out, lengths, torch.tensor([len(u.symbols) for u in refs])
 
 
+def mel_and_duration_losses(
+    out: Any, mel: Any, mel_lengths: Any, log_durations: Any, id_lengths: Any
+) -> tuple[Any, Any]:
+    """The student's two losses against targets: L1 + L2 between ``out``'s normalised log-mels and
+    ``mel`` over each row's valid frames (``mel_lengths``), and the MSE between ``out``'s
+    log(1 + frames) per phoneme and ``log_durations`` over each row's phonemes (``id_lengths``).
+    Training (``losses``) and the pruning sweep's healing distillation (engine/tts/sweep.py) share
+    this one definition."""
+    import torch
+
+    pred = out.extra["normalised"]
+    dev = pred.device
+    fmask = (torch.arange(pred.shape[-1], device=dev)[None] < mel_lengths[:, None]).float()[:, None]
+    n = fmask.sum() * pred.shape[1]
+    diff = (pred - mel) * fmask
+    mel_loss = diff.abs().sum() / n + (diff**2).sum() / n
+    t = log_durations.shape[1]
+    pmask = (torch.arange(t, device=dev)[None] < id_lengths[:, None]).float()
+    dur_loss = (((out.log_durations - log_durations) * pmask) ** 2).sum() / pmask.sum()
+    return mel_loss, dur_loss
+
+
 def losses(model: Any, batch: dict, ref: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
     """(mel L1 + L2 on normalised log-mels over valid frames, duration MSE on log(1 + frames),
     the token weights)."""
@@ -328,14 +350,13 @@ def losses(model: Any, batch: dict, ref: tuple[Any, Any, Any]) -> tuple[Any, Any
 
     weights = torch.softmax(model.reference(*ref), dim=-1)
     out = model.run(batch["ids"], batch["id_lengths"], weights, batch["durations"])
-    pred = out.extra["normalised"]
-    fmask = (torch.arange(pred.shape[-1])[None] < batch["mel_lengths"][:, None]).float()[:, None]
-    n = fmask.sum() * pred.shape[1]
-    diff = (pred - batch["mel"]) * fmask
-    mel_loss = diff.abs().sum() / n + (diff**2).sum() / n
-    pmask = (torch.arange(batch["ids"].shape[1])[None] < batch["id_lengths"][:, None]).float()
-    target = torch.log1p(batch["durations"].float())
-    dur_loss = (((out.log_durations - target) * pmask) ** 2).sum() / pmask.sum()
+    mel_loss, dur_loss = mel_and_duration_losses(
+        out,
+        batch["mel"],
+        batch["mel_lengths"],
+        torch.log1p(batch["durations"].float()),
+        batch["id_lengths"],
+    )
     return mel_loss, dur_loss, weights
 
 

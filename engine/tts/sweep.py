@@ -151,6 +151,8 @@ def heal(
 
     import torch
 
+    from engine.tts.build import mel_and_duration_losses
+
     if steps <= 0:
         return {"steps": 0, "first_loss": 0.0, "last_loss": 0.0, "seconds": 0.0}
     t0 = time.perf_counter()
@@ -177,14 +179,9 @@ def heal(
         with torch.no_grad():
             ref = teacher.run(ids, lengths, weights)
         out = model.run(ids, lengths, weights, ref.durations)
-        pred, target = out.extra["normalised"], ref.extra["normalised"]
-        fmask = torch.arange(pred.shape[-1], device=dev)[None] < ref.mel_lengths[:, None]
-        fmask = fmask.float()[:, None]
-        n = fmask.sum() * pred.shape[1]
-        diff = (pred - target) * fmask
-        mel_loss = diff.abs().sum() / n + (diff**2).sum() / n
-        pmask = (torch.arange(ids.shape[1], device=dev)[None] < lengths[:, None]).float()
-        dur_loss = (((out.log_durations - ref.log_durations) * pmask) ** 2).sum() / pmask.sum()
+        mel_loss, dur_loss = mel_and_duration_losses(
+            out, ref.extra["normalised"], ref.mel_lengths, ref.log_durations, lengths
+        )
         loss = mel_loss + dur_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -49,13 +49,14 @@ class IndividualDetails(Vertical):
         g.add_column(style="bold", no_wrap=True)
         g.add_column()
         g.add_row("fitness", _f(entry.fitness, "{:.4f}"))
-        style = (genome or entry.genome or {}).get("kind") == "style"
+        known = genome or entry.genome or {}
+        style = known.get("kind") == "style"
         if style:  # a TTS style genome: scored by MCD (and tempo), no LoRA, no training
             g.add_row("MCD", _f(entry.val_loss, "{:.3f} dB") + " to the target style")
-            ratio = (genome or entry.genome).get("duration_ratio")
+            ratio = known.get("duration_ratio")
             if ratio is not None:
                 g.add_row("duration", f"{ratio:.2f}× the target's")
-            weights = (genome or entry.genome).get("weights") or []
+            weights = known.get("weights") or []
             top = sorted(enumerate(weights), key=lambda kw: -kw[1])[:5]
             g.add_row("tokens", " · ".join(f"t{k} {w:.2f}" for k, w in top))
         else:
