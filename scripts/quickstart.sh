@@ -6,7 +6,8 @@
 #
 # Set-up is idempotent: a virtual environment in .venv (or $GENESIS_VENV), torch first — a CPU build
 # where no NVIDIA GPU is present, and an already-installed torch (e.g. a CUDA build) is left alone —
-# then the project in editable mode with its test extras.
+# then the project in editable mode: `demo` with what a run needs, `test` with the test extras too
+# (Ray, pysptk, the snapshot plugin: about a gigabyte more, which a demo never uses).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,8 +50,9 @@ else
   fi
 fi
 
-echo "quickstart: installing Genesis Lab and its dependencies"
-pip install -q -e ".[test]" 2>&1 | grep -v -e "^WARNING: Location" -e "is ignored" || true
+if [ "$what" = test ]; then spec=".[test]"; else spec="."; fi
+echo "quickstart: installing Genesis Lab ($spec) and its dependencies"
+pip install -q -e "$spec" 2>&1 | grep -v -e "^WARNING: Location" -e "is ignored" || true
 python -c 'import engine, genesis_tui, peft, mergekit, textual' || { echo "quickstart: the install is incomplete (see pip's output above)" >&2; exit 1; }
 
 case "$what" in

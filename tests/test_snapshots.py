@@ -26,13 +26,19 @@ def finished_run() -> GenesisApp:
 
 
 async def until_finished(pilot) -> None:
+    """Wait for the scripted run's end however slow the machine is (a fixed number of short
+    pauses once ran out on a loaded machine and pictured the run mid-evaluation), then let the
+    screen settle."""
+    import time
+
     app = pilot.app
-    for _ in range(200):
-        if app.finished is not None:
-            break
+    deadline = time.monotonic() + 300
+    while app.finished is None:
+        assert time.monotonic() < deadline, "the scripted run did not finish in 5 minutes"
         await pilot.pause(0.05)
     await pilot.pause(0.3)
     app.clear_notifications()
+    await pilot.wait_for_scheduled_animations()
     await pilot.pause(0.1)
 
 

@@ -44,7 +44,7 @@ def make(**kw) -> tuple[GenesisApp, FakeEngine]:
     return GenesisApp(fake, sampler=sampler(nvml)), fake
 
 
-async def until(pilot, cond: Callable[[], object], timeout: float = 5.0, what: str = "") -> None:
+async def until(pilot, cond: Callable[[], object], timeout: float = 60.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
