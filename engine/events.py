@@ -187,6 +187,21 @@ class GenerationFinished(Event):
     worst: float
     champion: str
     seconds: float
+    # The run's compute so far: train_steps, train_tokens, eval_tokens, teacher_rows, teacher_tokens
+    compute: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TestReport(Event):
+    """The held-out test split, scored once at the end (selection never saw it): the champion,
+    the untrained student and the teacher, where each could be scored."""
+
+    kind: ClassVar[str] = "test_report"
+    champion: str
+    rows: int
+    champion_loss: float
+    student_loss: float | None = None
+    teacher_loss: float | None = None
 
 
 @dataclass(frozen=True)

@@ -53,17 +53,23 @@ class Individual:
     paused: bool = False
     promoted: bool = False
     reason: str = ""
+    # Optimizer steps in this adapter's weights: its own and, for a copy, its parent's before it
+    steps_trained: int = 0
+    stretches: int = 0  # training stretches so far (each draws its batches from a new seed)
     tensors: LoraTensors | None = field(default=None, repr=False, compare=False)
+    # AdamW's state after its last stretch (engine.workers.optim), for continued training
+    optimizer: bytes | None = field(default=None, repr=False, compare=False)
 
     def to_state(self) -> dict[str, Any]:
-        """JSON form (the tensors are stored beside it as safetensors)."""
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tensors"}
+        """JSON form (the tensors and optimizer state are stored beside it as safetensors)."""
+        skip = ("tensors", "optimizer")
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         d["genome"] = self.genome.to_dict()
         return d
 
     @classmethod
     def from_state(cls, d: dict[str, Any]) -> Individual:
-        names = {f.name for f in dataclasses.fields(cls)} - {"tensors", "genome"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"tensors", "genome", "optimizer"}
         return cls(
             genome=LoraGenome.from_dict(d["genome"]), **{k: v for k, v in d.items() if k in names}
         )

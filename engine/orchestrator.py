@@ -42,6 +42,7 @@ from engine.events import (
     StopRun,
     TeacherAnswers,
     TeacherLogits,
+    TestReport,
     TrainFinished,
     command_from_dict,
 )
@@ -52,6 +53,7 @@ from engine.workers import messages as m
 from engine.workers.pool import JobCancelled, JobError, make_pool
 
 STATE_VERSION = 1
+COMPUTE_KEYS = ("train_steps", "train_tokens", "eval_tokens", "teacher_rows", "teacher_tokens")
 
 
 def _to_bytes(tensors: LoraTensors) -> bytes:
@@ -86,6 +88,22 @@ class Orchestrator(RunControl):
         self.kd_shared: Any = None  # … or, under Ray, its bytes in the object store
         self.answers_path: str | None = None  # the teacher's answers (sequence distillation)
         self.answers_shared: Any = None  # … and, under Ray, their bytes in the object store
+        # Compute spent, in total and per generation (report.json, GenerationFinished)
+        self.compute: dict[str, int] = dict.fromkeys(COMPUTE_KEYS, 0)
+        self.compute_per_generation: list[dict[str, Any]] = []
+        self._gen_compute: dict[str, int] = dict.fromkeys(COMPUTE_KEYS, 0)
+        self.phases: dict[str, float] = {}  # wall seconds per phase (report.json)
+        self.test: dict[str, float | None] = {}  # test-split losses: champion, student, teacher
+        self._started = time.time()
+
+    @property
+    def _keeps_optimizers(self) -> bool:
+        evo = self.profile.evolution
+        return evo.elites_train or (evo.inherit_optimizer and evo.crossover_rate < 1)
+
+    def _count(self, key: str, n: int) -> None:
+        self.compute[key] += n
+        self._gen_compute[key] += n
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -203,6 +221,11 @@ class Orchestrator(RunControl):
         lo, hi = self._lr_bounds()
         if hi > lo and self.rng.random() < evo.mutation_rate:
             lr = min(hi, max(lo, lr * math.exp(self.rng.gauss(0.0, 0.3))))
+        if evo.lr_perturbation > 0:  # PBT's explore (drawn only when on: older runs replay)
+            f = 1.0 + evo.lr_perturbation
+            lr = lr * f if self.rng.random() < 0.5 else lr / f
+            if hi > lo:
+                lr = min(hi, max(lo, lr))
         targets = tuple(
             sorted(set(a.genome.target_modules) | set(b.genome.target_modules if b else ()))
         )
@@ -232,6 +255,7 @@ class Orchestrator(RunControl):
             if new_rank != a.genome.rank:
                 tensors = change_rank(tensors, a.genome.scaling, new_rank, genome.scaling, gen)
             op, parents = "copy", [a.id]
+        inherit = b is None and new_rank == a.genome.rank and evo.inherit_optimizer
         tensors, n_mut = mutate(
             tensors, rate=evo.mutation_rate, scale=evo.mutation_scale, generator=gen
         )
@@ -241,20 +265,26 @@ class Orchestrator(RunControl):
             op += f" r{rank}→{new_rank}"
         child = Individual(self._new_id(generation), generation, genome, parents, op)
         child.tensors = tensors
+        child.steps_trained = max(a.steps_trained, b.steps_trained if b else 0)
+        if inherit:  # PBT's exploit: the parent's weights and its optimizer's moments
+            child.optimizer, child.stretches = a.optimizer, a.stretches
         return child
 
     def next_population(self, generation: int) -> list[Individual]:
         """Elites (and promoted) survive unscored-again, paused keep their place, children fill the rest."""
-        evo, size = self.profile.evolution, self.profile.population.size
+        evo = self.profile.evolution
+        size = self.profile.generation_sizes()[generation]
         scored = [i for i in self.population if i.fitness is not None and not i.paused]
         waiting = [
             i for i in self.population if i.paused or (i.fitness is None and i.status != "failed")
         ]
         promoted = {i.id for i in scored if i.promoted}
-        elites = genetics.select_elites(scored, evo.elitism, promoted)
+        elites = genetics.select_elites(scored, min(evo.elitism, size), promoted)
         for e in elites:
             e.status = "promoted" if e.promoted else "elite"
             e.promoted = False  # a promotion carries an individual over once
+            if evo.elites_train:  # it trains on, so it is scored again afterwards
+                e.trained, e.fitness = False, None
         n_children = max(0, size - len(elites) - len(waiting))
         children = []
         if scored:
@@ -284,6 +314,14 @@ class Orchestrator(RunControl):
         kd_blob: bytes | None = None
         splits = 1  # pieces per drawn micro-batch: doubled after each out-of-memory error
 
+        # A first stretch draws its batches from the genome's seed; a later one (an individual
+        # that trains on, or a copy that continues its parent's optimizer) from a new stream.
+        draw_seed = (
+            genome["seed"]
+            if ind.stretches == 0
+            else (genome["seed"] + 1_000_003 * ind.stretches) % 2**31
+        )
+
         def task(job: int) -> m.TrainTask:
             ind.status = "training"
             self._update(ind)
@@ -298,6 +336,8 @@ class Orchestrator(RunControl):
                 self.answers_path,
                 splits,
                 self.answers_shared,
+                ind.optimizer,
+                draw_seed,
             )
 
         def wanted() -> bool:
@@ -312,10 +352,11 @@ class Orchestrator(RunControl):
                 # Online distillation: the teacher scores exactly the rows this individual draws.
                 logits: m.LogitsDone = await self.pool.run(
                     "teacher",
-                    lambda job: m.TeacherLogitsTask(job, seed=genome["seed"], steps=steps),
+                    lambda job: m.TeacherLogitsTask(job, seed=draw_seed, steps=steps),
                     wanted,
                 )
                 kd_blob = logits.blob
+                self._count("teacher_rows", logits.rows)
                 self.publish(TeacherLogits(logits.rows, logits.seconds, id=ind.id))
             while True:
                 try:
@@ -344,8 +385,13 @@ class Orchestrator(RunControl):
             self.publish(Log("error", f"{ind.id} failed in training: {ind.reason}"))
             return
         ind.tensors = _from_bytes(done.adapter)
+        ind.optimizer = done.optimizer if self._keeps_optimizers else None
         ind.trained = True
+        ind.steps_trained += len(done.losses)
+        ind.stretches += 1
         ind.loss_history.extend(done.losses)
+        self._count("train_steps", len(done.losses))
+        self._count("train_tokens", done.tokens)
         self.publish(
             TrainFinished(
                 ind.id, done.worker, len(done.losses), done.losses[-1], done.tokens, done.seconds
@@ -403,6 +449,7 @@ class Orchestrator(RunControl):
                         Log("error", f"evaluation of {len(chunk)} individuals failed: {exc.reason}")
                     )
                     return
+            self._count("eval_tokens", done.tokens)
             self.publish(
                 EvaluationFinished(done.worker, [i.id for i in chunk], done.tokens, done.seconds)
             )
@@ -568,6 +615,141 @@ class Orchestrator(RunControl):
         self.publish(Exported(ind.id, done.path, done.val_loss))
         return Path(done.path)
 
+    async def _test_report(self, champ: Individual, with_teacher: bool) -> None:
+        """Score the champion, the untrained student and the teacher on the test split, once: the
+        figure selection never saw (report.json, TestReport)."""
+        from engine.workers.common import test_examples
+
+        assert self.pool is not None and champ.tensors is not None
+        if not test_examples(self.profile):
+            self.publish(
+                Log(
+                    "info",
+                    "no test split ([data] test, or validation rows after max_val_examples): "
+                    "the champion is reported on validation only",
+                )
+            )
+            return
+        items = [("base", None, None), (champ.id, champ.genome.to_dict(), _to_bytes(champ.tensors))]
+        try:
+            done: m.EvalDone = await self.pool.run(
+                "coliseum", lambda job: m.EvalTask(job, items, split="test")
+            )
+            teacher = None
+            if with_teacher:
+                t: m.TeacherDone = await self.pool.run(
+                    "teacher", lambda job: m.TeacherEvalTask(job, split="test")
+                )
+                teacher = t.val_loss
+                self._count("teacher_tokens", t.tokens)
+        except JobError as exc:
+            self.publish(Log("warning", f"the test split could not be scored: {exc.reason}"))
+            return
+        self.test = {
+            "champion": done.scores[champ.id][0],
+            "student": done.scores["base"][0],
+            "teacher": teacher,
+        }
+        rows = len(test_examples(self.profile))
+        self.publish(
+            TestReport(champ.id, rows, self.test["champion"], self.test["student"], teacher)  # type: ignore[arg-type]
+        )
+
+    def _lineage(self, ind: Individual) -> list[dict[str, Any]]:
+        """The champion's ancestry as far as the event log knows it (id, generation, operator,
+        parents, validation loss), newest first."""
+        known: dict[str, dict[str, Any]] = {}
+        for e in self.run_dir.read_events():
+            if isinstance(e, IndividualUpdate):
+                known[e.id] = {
+                    "id": e.id,
+                    "generation": e.generation,
+                    "operator": e.operator,
+                    "parents": list(e.parents),
+                    "val_loss": e.val_loss
+                    if e.val_loss is not None
+                    else known.get(e.id, {}).get("val_loss"),
+                }
+        out, todo, seen = [], [ind.id], set()
+        while todo:
+            i = todo.pop(0)
+            if i in seen or i not in known:
+                continue
+            seen.add(i)
+            out.append(known[i])
+            todo.extend(known[i]["parents"])
+        return out
+
+    def report(self, status: str) -> dict[str, Any]:
+        """report.json's content: what a benchmark or a tracker reads instead of the event log."""
+        import hashlib
+
+        from engine import __version__ as version
+
+        prof = self.profile
+        scored = [i for i in self.population if i.fitness is not None]
+        champ = self.champion or (genetics.ranked(scored)[0] if scored else None)
+
+        def gap(loss: float | None, student: float | None, teacher: float | None) -> float | None:
+            if None in (loss, student, teacher) or student == teacher:
+                return None
+            return (student - loss) / (student - teacher)  # type: ignore[operator]
+
+        test = self.test
+        out: dict[str, Any] = {
+            "kind": self.report_kind,
+            "status": status,
+            "genesis_lab": version,
+            "run_dir": str(self.run_dir.path),
+            "profile": str(prof.source),
+            "profile_sha256": hashlib.sha256(self.run_dir.profile_path.read_bytes()).hexdigest()
+            if self.run_dir.profile_path.exists()
+            else None,
+            "seed": prof.run.seed,
+            "generations_done": self.generation + 1,
+            "planned_train_steps": prof.planned_train_steps(),
+            "compute": dict(self.compute),
+            "compute_per_generation": list(self.compute_per_generation),
+            "wall_seconds": {**self.phases, "total": round(time.time() - self._started, 3)},
+            "references": {
+                "student": {"val_loss": self.student_loss, "test_loss": test.get("student")},
+                "teacher": {"val_loss": self.teacher_loss, "test_loss": test.get("teacher")},
+            },
+            "history": list(self.history),
+            "champion": None,
+        }
+        if champ is not None:
+            out["champion"] = {
+                "id": champ.id,
+                "generation": champ.generation,
+                "parents": list(champ.parents),
+                "operator": champ.operator,
+                "genome": champ.genome.to_dict(),
+                "steps_trained": champ.steps_trained,
+                "val_loss": champ.val_loss,
+                "val_perplexity": champ.perplexity,
+                "test_loss": test.get("champion"),
+                "test_perplexity": (
+                    math.exp(min(test["champion"], 50.0)) if test.get("champion") else None  # type: ignore[arg-type]
+                ),
+                "gap_closed_val": gap(champ.val_loss, self.student_loss, self.teacher_loss),
+                "gap_closed_test": gap(
+                    test.get("champion"), test.get("student"), test.get("teacher")
+                ),
+                "lineage": self._lineage(champ),
+            }
+        return out
+
+    report_kind = "evolution"
+
+    def _write_report(self, status: str) -> None:
+        try:
+            self.run_dir.write_report(self.report(status))
+        except Exception as exc:  # a report is never worth the run: say so and go on
+            from engine.workers.common import describe
+
+            self.publish(Log("warning", f"report.json could not be written: {describe(exc)}"))
+
     # --- state ----------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
@@ -582,6 +764,9 @@ class Orchestrator(RunControl):
             "teacher_loss": self.teacher_loss,
             "student_loss": self.student_loss,
             "culled": sorted(self._culled),
+            "compute": self.compute,
+            "compute_per_generation": self.compute_per_generation,
+            "phases": self.phases,
         }
 
     def _restore(self, state: dict[str, Any], tensors: dict[str, LoraTensors]) -> None:
@@ -596,9 +781,16 @@ class Orchestrator(RunControl):
         self.teacher_loss = state.get("teacher_loss")
         self.student_loss = state.get("student_loss")
         self._culled = set(state.get("culled", []))
+        self.compute = {**dict.fromkeys(COMPUTE_KEYS, 0), **state.get("compute", {})}
+        self.compute_per_generation = list(state.get("compute_per_generation", []))
+        self.phases = dict(state.get("phases", {}))
 
     def _resume(self, generation: int, state: dict[str, Any], tensors: dict[str, Any]) -> None:
         self._restore(state, tensors)
+        for ind_id, blob in self.run_dir.load_optimizers(generation).items():
+            ind = self.find(ind_id)
+            if ind is not None:
+                ind.optimizer = blob
         self._replay_commands(generation)
 
     def _replay_commands(self, after_generation: int) -> None:
@@ -649,7 +841,9 @@ class Orchestrator(RunControl):
         self._begin(prof.population.size, resume, prof.remote_code)
         if prof.prune.active:
             try:
+                t0 = time.perf_counter()
                 prof = self.profile = await self._prune()
+                self.phases.setdefault("prune", round(time.perf_counter() - t0, 3))
             except Exception as exc:  # a model that cannot be pruned: say why, start nothing
                 from engine.workers.common import describe
 
@@ -670,17 +864,23 @@ class Orchestrator(RunControl):
         )
         status, reason = "completed", ""
         try:
+            t0 = time.perf_counter()
             await self.pool.start()
+            self.phases["workers_start"] = round(time.perf_counter() - t0, 3)
             # One after the other: on a CPU both workers use every core, and two busy
             # OpenMP pools on the same cores slow each other down many times over.
+            t0 = time.perf_counter()
             if self.student_loss is None:
                 await self._student_reference()
             if with_teacher and self.teacher_loss is None:
                 await self._teacher_reference()
+            self.phases.setdefault("references", round(time.perf_counter() - t0, 3))
+            t0 = time.perf_counter()
             if prof.distilling_logits and prof.distill.cache:
                 await self._logit_cache()
             if prof.distilling_sequences:
                 await self._teacher_answers()
+            self.phases["teacher"] = round(time.perf_counter() - t0, 3)
             for gen in range(self.generation + 1, prof.evolution.generations):
                 await self._gate()
                 if self.stop_requested:
@@ -720,10 +920,16 @@ class Orchestrator(RunControl):
             scored = [i for i in self.population if i.fitness is not None]
             if status == "completed" and scored:
                 self.champion = genetics.ranked(scored)[0]
+                t0 = time.perf_counter()
+                await self._test_report(self.champion, with_teacher)
+                self.phases["test"] = round(time.perf_counter() - t0, 3)
+                t0 = time.perf_counter()
                 path = await self._export(self.champion, self.run_dir.path / "champion")
+                self.phases["export"] = round(time.perf_counter() - t0, 3)
                 champion_dir = str(path) if path else None
         finally:
             await self.pool.close()
+        self._write_report(status)
         champ = self.champion
         finished = RunFinished(
             status,
@@ -746,7 +952,16 @@ class Orchestrator(RunControl):
             for i in self.population
             if i.trained and i.tensors is not None
         }
-        path = self.run_dir.save_checkpoint(gen, self._state(), adapters)
+        optimizers = {
+            i.id: i.optimizer for i in self.population if i.trained and i.optimizer is not None
+        }
+        spent = {"generation": gen, **self._gen_compute, "seconds": round(seconds, 3)}
+        self.compute_per_generation.append(spent)
+        self._gen_compute = dict.fromkeys(COMPUTE_KEYS, 0)
+        path = self.run_dir.save_checkpoint(gen, self._state(), adapters, optimizers)
         self.run_dir.write_leaderboard(self._leaderboard_rows())
-        self.publish(GenerationFinished(gen, best, mean, worst, champion, seconds))
+        self.publish(
+            GenerationFinished(gen, best, mean, worst, champion, seconds, dict(self.compute))
+        )
         self.publish(CheckpointWritten(gen, str(path)))
+        self._write_report("running")

@@ -239,10 +239,21 @@ class DataConfig(BaseModel):
     max_val_examples: int | None = Field(
         None, ge=1, description="use at most this many validation examples (unset: all)"
     )
+    test: Path | None = Field(
+        None,
+        description="held-out data file for the report only: the champion, the untrained student "
+        "and the teacher are scored on it at the end; selection never sees it (unset: the "
+        "validation file's rows after the first max_val_examples, when it has more)",
+    )
+    max_test_examples: int | None = Field(
+        None, ge=1, description="use at most this many test examples (unset: all)"
+    )
 
-    @field_validator("train", "validation", mode="before")
+    @field_validator("train", "validation", "test", mode="before")
     @classmethod
     def _file(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return v
         path = _resolve(v, info)
         if isinstance(path, Path) and not path.is_file():
             what = "is a directory, not a file" if path.is_dir() else "is missing"
@@ -343,6 +354,31 @@ class EvolutionConfig(BaseModel):
         ge=0,
         le=1,
         description="probability a child's rank moves to a neighbouring value of [population] ranks",
+    )
+    elites_train: bool = Field(
+        False,
+        description="survivors keep training every generation, each continuing its own AdamW "
+        "state and batch stream, as population-based training does; false: an elite is carried "
+        "over as it is and only new individuals train",
+    )
+    inherit_optimizer: bool = Field(
+        True,
+        description="a child copied from one parent (no crossover) at the parent's rank continues "
+        "from its parent's AdamW state (PBT's exploit) instead of a cold optimizer",
+    )
+    lr_perturbation: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="PBT's explore: each child's learning rate is multiplied by 1 + this or "
+        "divided by it, at random (0 = off: only mutation_rate's log-normal step, and only where "
+        "[population] learning_rate_spread > 1)",
+    )
+    sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
+        None,
+        description="the population's size in each generation, one entry per generation, e.g. "
+        "[8, 4, 2, 2]: breadth early, depth late (successive halving); a generation smaller "
+        "than the last keeps its best; unset: [population] size every generation",
     )
 
 
@@ -730,6 +766,21 @@ class Profile(BaseModel):
     tts: TTSConfig | None = Field(None, description=_SECTION_DOC["tts"])
     source: Path = Field(Path("profile.toml"), description="the profile file (not a TOML key)")
 
+    def generation_sizes(self) -> list[int]:
+        """The population's size in each generation ([evolution] sizes, or the constant size)."""
+        evo = self.evolution
+        return list(evo.sizes) if evo.sizes else [self.population.size] * evo.generations
+
+    def planned_train_steps(self) -> int:
+        """The optimizer steps a run of this profile spends, if nothing fails or is paused: what a
+        compute-matched baseline gets (genesis-tui baseline)."""
+        steps, evo = self.training.steps_per_generation, self.evolution
+        sizes = self.generation_sizes()
+        if evo.elites_train:
+            return steps * sum(sizes)
+        new = sizes[0] + sum(max(0, n - min(evo.elitism, n)) for n in sizes[1:])
+        return steps * new
+
     def _ray_problems(self) -> list[_Problem]:
         import importlib.util
 
@@ -778,6 +829,35 @@ class Profile(BaseModel):
                     f"must be at most [population] size ({size}) — a tournament draws its contestants from the population",
                     section="evolution",
                     key="tournament_size",
+                )
+            )
+        if evo.sizes is not None:
+            if len(evo.sizes) != evo.generations:
+                problems.append(
+                    _Problem(
+                        f"has {len(evo.sizes)} entries but [evolution] generations = "
+                        f"{evo.generations} — give one population size per generation",
+                        section="evolution",
+                        key="sizes",
+                    )
+                )
+            elif evo.sizes[0] != size:
+                problems.append(
+                    _Problem(
+                        f"starts at {evo.sizes[0]} but [population] size = {size} — the first "
+                        "entry is generation 0's size, the population's",
+                        section="evolution",
+                        key="sizes",
+                    )
+                )
+        if self.data.test is not None and self.data.test == self.data.validation:
+            problems.append(
+                _Problem(
+                    f"names the validation file ({self.data.test}) — the test split must be rows "
+                    "selection never scored; leave it unset to use the validation file's rows "
+                    "after max_val_examples",
+                    section="data",
+                    key="test",
                 )
             )
         mps_students = [d for d in self.devices.coliseum if d == "mps"]

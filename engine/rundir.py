@@ -5,7 +5,9 @@
     <run>/gen_0003/            one checkpoint per generation, written whole or not at all:
         state.json               population (genomes, scores, lineage) and the RNG state
         adapters/<id>.safetensors  each individual's LoRA tensors (PEFT key format)
+        optimizers/<id>.safetensors  AdamW state of those that train on ([evolution] elites_train)
     <run>/leaderboard.csv      the latest leaderboard
+    <run>/report.json          champion, lineage, validation and test figures, compute, wall time
     <run>/champion/            the champion's PEFT adapter and mergekit recipe
     <run>/exports/<id>/        adapters exported on request
 
@@ -148,11 +150,16 @@ class RunDir:
         return self.path / f"{CHECKPOINT_PREFIX}{generation:04d}"
 
     def save_checkpoint(
-        self, generation: int, state: dict[str, Any], adapters: dict[str, bytes]
+        self,
+        generation: int,
+        state: dict[str, Any],
+        adapters: dict[str, bytes],
+        optimizers: dict[str, bytes] | None = None,
     ) -> Path:
         """Write generation ``generation`` whole: into a temporary directory, then one rename.
 
-        ``adapters`` maps an individual's id to its safetensors bytes.
+        ``adapters`` maps an individual's id to its safetensors bytes; ``optimizers`` its AdamW
+        state (engine.workers.optim), for the individuals that train on.
         """
         final = self.checkpoint_path(generation)
         tmp = self.path / f".{final.name}.{os.getpid()}.tmp"
@@ -162,6 +169,10 @@ class RunDir:
             (tmp / "adapters").mkdir(parents=True)
             for ind_id, blob in adapters.items():
                 _write_file(tmp / "adapters" / f"{ind_id}.safetensors", blob)
+            if optimizers:
+                (tmp / "optimizers").mkdir()
+                for ind_id, blob in optimizers.items():
+                    _write_file(tmp / "optimizers" / f"{ind_id}.safetensors", blob)
             _write_file(tmp / "state.json", json.dumps(state, indent=1).encode("utf-8"))
             _fsync_tree(tmp)
             if final.exists():  # re-running a generation after resume: replace it whole
@@ -224,6 +235,23 @@ class RunDir:
             except (OSError, SafetensorError, RuntimeError) as exc:
                 raise RunDirError(f"{f}: unreadable adapter file ({exc}).") from exc
         return state, tensors
+
+    def load_optimizers(self, generation: int) -> dict[str, bytes]:
+        """{id: AdamW state bytes} saved with generation ``generation`` (none: {})."""
+        root = self.checkpoint_path(generation) / "optimizers"
+        if not root.is_dir():
+            return {}
+        out = {}
+        for f in sorted(root.glob("*.safetensors")):
+            try:
+                out[f.name[: -len(".safetensors")]] = f.read_bytes()
+            except OSError as exc:
+                raise RunDirError(f"{f}: unreadable optimizer state ({exc}).") from exc
+        return out
+
+    def write_report(self, report: dict[str, Any]) -> None:
+        """report.json: the run's figures for machines (written whole each time)."""
+        atomic_write_text(self.path / "report.json", json.dumps(report, indent=1) + "\n")
 
     def latest_checkpoint(
         self, on_skip: Callable[[str], None] | None = None

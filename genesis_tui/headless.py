@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -36,6 +37,7 @@ from engine.events import (
     StopRun,
     TeacherAnswers,
     TeacherLogits,
+    TestReport,
     TrainFinished,
     WorkerState,
 )
@@ -124,6 +126,8 @@ class HeadlessView:
                 f"generation {e.generation} done in {e.seconds:.1f}s: {self.metric} best {-e.best:.4f} · "
                 f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
             )
+        elif isinstance(e, TestReport):
+            self.line(test_summary(e))
         elif isinstance(e, AudioSample):
             self.line(f"  audio {e.id} ({e.seconds:.2f}s): {e.path}")
         elif isinstance(e, (PruneReport, TeacherAnswers)):
@@ -234,6 +238,30 @@ def champion_summary(orch: Orchestrator, finished: RunFinished) -> str:
     return text
 
 
+def test_summary(e: TestReport) -> str:
+    """The test split's line: the champion against the untrained student and the teacher."""
+    text = (
+        f"test split ({e.rows} rows, never used for selection): champion {e.champion} "
+        f"loss {e.champion_loss:.4f} (perplexity {math.exp(min(e.champion_loss, 50.0)):.2f})"
+    )
+    if e.student_loss is not None:
+        text += f" · untrained student {e.student_loss:.4f}"
+    if e.teacher_loss is not None:
+        text += f" · teacher {e.teacher_loss:.4f}"
+        if e.student_loss is not None and e.student_loss > e.teacher_loss:
+            closed = (e.student_loss - e.champion_loss) / (e.student_loss - e.teacher_loss)
+            text += f" · closes {100 * closed:.0f}% of the gap"
+    return text
+
+
+def compute_summary(compute: dict) -> str:
+    return (
+        f"compute: {compute.get('train_steps', 0)} training steps, "
+        f"{compute.get('train_tokens', 0):,} training tokens, "
+        f"{compute.get('eval_tokens', 0):,} evaluation tokens"
+    )
+
+
 async def _run(orch: Orchestrator, view: HeadlessView, resume: bool) -> RunFinished:
     from engine.control import ControlServer
 
@@ -292,6 +320,16 @@ def run_headless(
     run_path = orch.run_dir.path
     if finished.status == "completed":
         console.print(champion_summary(orch, finished))
+        if not tts:
+            test = getattr(orch, "test", {})
+            if test.get("champion") is not None:
+                loss = test["champion"]
+                console.print(
+                    f"champion test loss {loss:.4f} (perplexity {math.exp(min(loss, 50.0)):.2f}) "
+                    "on rows selection never saw"
+                )
+            console.print(compute_summary(orch.compute))
+            console.print(f"report: {run_path / 'report.json'}")
         if finished.export_dir:
             console.print(f"champion adapter: {finished.export_dir}")
         console.print(f"run directory: {run_path}")

@@ -57,6 +57,7 @@ class Coliseum:
         self.torch = torch
         self._kd_cache: tuple[str, dict[str, Any]] | None = None  # (path, tensors): the last one
         self._answers: tuple[str, Any] | None = None  # (path, tokenized split): the last one
+        self._test_split: Any = None
 
     @functools.cached_property
     def tokenizer_fingerprint(self) -> str:
@@ -68,6 +69,20 @@ class Coliseum:
     @property
     def ready_detail(self) -> str:
         return f"student {self.params / 1e6:.2f}M params, loaded in {self.load_seconds:.1f}s"
+
+    def _split(self, which: str) -> Any:
+        """The validation split, or the test split (loaded on first use: only reports need it)."""
+        if which == "validation":
+            return self.val_split
+        if which != "test":
+            raise ValueError(f"no split {which!r}")
+        if self._test_split is None:
+            from engine.errors import DataError
+
+            self._test_split = load_split(self.profile, "test", self.tokenizer)
+            if self._test_split is None:
+                raise DataError("the profile has no test split ([data] test)")
+        return self._test_split
 
     # --- adapters -------------------------------------------------------------------------------
 
@@ -177,10 +192,15 @@ class Coliseum:
         try:
             self._add(name, task.genome, task.adapter)
             self.model.set_adapter(name)  # only this adapter is trainable and active
-            params = [p for p in self.model.parameters() if p.requires_grad]
+            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+            params = [p for _, p in named]
             opt = torch.optim.AdamW(
                 params, lr=task.genome["learning_rate"], weight_decay=prof.training.weight_decay
             )
+            if task.optimizer is not None:
+                from engine.workers.optim import unpack
+
+                unpack(task.optimizer, opt, named, name)  # False: another shape, a cold start
             kd = self._teacher_topk(task)
             if kd is not None:
                 loss_fn = distillation(
@@ -197,7 +217,8 @@ class Coliseum:
                 prof.training.gradient_accumulation,
             )
             # The same rows, in the same order, as the teacher's online top-k was computed on.
-            draws = iter(batch_indices(task.genome["seed"], len(split), task.steps, accum, bs))
+            draw_seed = task.genome["seed"] if task.draw_seed is None else task.draw_seed
+            draws = iter(batch_indices(draw_seed, len(split), task.steps, accum, bs))
             every = max(1, task.steps // 10)
             losses: list[float] = []
             tokens = 0
@@ -242,6 +263,8 @@ class Coliseum:
                         Progress(self.worker, task.job, task.id, step, task.steps, step_loss, terms)
                     )
             self.model.eval()
+            from engine.workers.optim import pack
+
             return TrainDone(
                 self.worker,
                 task.job,
@@ -250,6 +273,7 @@ class Coliseum:
                 losses,
                 tokens,
                 time.perf_counter() - t0,
+                pack(opt, named, name),
             )
         finally:
             self.model.eval()
@@ -273,7 +297,7 @@ class Coliseum:
             self.model.set_adapter(HOST_ADAPTER)
             d = self.profile.data
             per_pass = task.rows_per_pass or d.eval_rows_per_pass
-            split, n = self.val_split, max(1, min(d.eval_batch_size, per_pass))
+            split, n = self._split(task.split), max(1, min(d.eval_batch_size, per_pass))
             sums = torch.zeros(len(names), dtype=torch.float64)
             counts = torch.zeros(len(names), dtype=torch.int64)
             group = max(1, per_pass // n)  # adapters sharing one pass

@@ -39,10 +39,28 @@ def setup_process(threads: int, log_path: str | None = None) -> None:
         torch.set_num_threads(threads)
 
 
+def test_examples(profile: Any) -> list[Any]:
+    """The test split's examples: ``[data] test``, or else the validation file's rows after the
+    ``max_val_examples`` that selection scores (empty when there are none)."""
+    from engine.data import read_examples
+
+    d = profile.data
+    if d.test is not None:
+        return read_examples(d.test, d.format, limit=d.max_test_examples)
+    if d.max_val_examples is None:
+        return []
+    rest = read_examples(d.validation, d.format)[d.max_val_examples :]
+    return rest[: d.max_test_examples] if d.max_test_examples else rest
+
+
 def load_split(profile: Any, which: str, tokenizer: Any) -> Any:
+    """``which`` ("train", "validation" or "test") tokenized; None for a test split with no rows."""
     from engine.data import read_examples, tokenize
 
     d = profile.data
+    if which == "test":
+        examples = test_examples(profile)
+        return tokenize(examples, tokenizer, d.max_seq_len) if examples else None
     path, limit = (
         (d.train, d.max_train_examples) if which == "train" else (d.validation, d.max_val_examples)
     )

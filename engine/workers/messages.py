@@ -34,6 +34,12 @@ class TrainTask:
     # Under Ray, the teacher's answers file as bytes (an object-store reference until the actor
     # fetches it); the actor writes it on its node and points answers_path there.
     answers_blob: Any = None
+    # Continued training (an individual that keeps training across generations, or a copy of
+    # one): AdamW's state as safetensors bytes (engine.workers.optim), None for a fresh optimizer;
+    # and the seed of this stretch's batch draws (None: the genome's seed), so a stretch that
+    # follows another sees new batches.
+    optimizer: bytes | None = None
+    draw_seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +51,8 @@ class EvalTask:
     # After an out-of-memory error: fewer rows in one forward pass than [data] eval_rows_per_pass
     # (fewer adapters share a pass, and a batch is cut when one adapter's is larger).
     rows_per_pass: int | None = None
+    # The split scored: "validation" (what selection sees) or "test" (reported, never selected on)
+    split: str = "validation"
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class ExportTask:
 @dataclass(frozen=True)
 class TeacherEvalTask:
     job: int
+    split: str = "validation"  # or "test"
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,7 @@ class TrainDone:
     losses: list[float]
     tokens: int
     seconds: float
+    optimizer: bytes | None = None  # AdamW's state after the last step (engine.workers.optim)
 
 
 @dataclass(frozen=True)

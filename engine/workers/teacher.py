@@ -76,8 +76,15 @@ class Teacher:
             from engine.losses import validation_loss
 
             t0 = time.perf_counter()
+            split = self.val_split
+            if task.split == "test":
+                from engine.errors import DataError
+
+                split = load_split(self.profile, "test", self.tokenizer)
+                if split is None:
+                    raise DataError("the profile has no test split ([data] test)")
             loss, tokens = validation_loss(
-                self.model, self.val_split, self.profile.data.eval_batch_size, self.device
+                self.model, split, self.profile.data.eval_batch_size, self.device
             )
             return TeacherDone(self.worker, task.job, loss, tokens, time.perf_counter() - t0)
         if isinstance(task, TeacherLogitsTask):
