@@ -99,7 +99,7 @@ class Orchestrator(RunControl):
     @property
     def _keeps_optimizers(self) -> bool:
         evo = self.profile.evolution
-        return evo.elites_train or (evo.inherit_optimizer and evo.crossover_rate < 1)
+        return evo.continue_elites or (evo.inherit_optimizer and evo.crossover_rate < 1)
 
     def _count(self, key: str, n: int) -> None:
         self.compute[key] += n
@@ -270,6 +270,99 @@ class Orchestrator(RunControl):
             child.optimizer, child.stretches = a.optimizer, a.stretches
         return child
 
+    async def _soup(self, k: int) -> None:
+        """Greedy soup (Wortsman et al., 2022) of the best ``k`` adapters: walking down the
+        leaderboard, an adapter joins when the uniform average of the members' ΔW scores better
+        on validation than the soup without it. The average is exact: the soup's rank is the sum
+        of its members' ranks (engine.genomes.lora's linear crossover keeps every direction)."""
+        import dataclasses
+
+        import torch
+
+        from engine.genomes.lora import crossover
+
+        ranked = genetics.ranked([i for i in self.population if i.fitness is not None])[:k]
+        if len(ranked) < 2:
+            return
+        members = [ranked[0]]
+        best_fitness = ranked[0].fitness
+        tensors, rank, scaling = ranked[0].tensors, ranked[0].genome.rank, ranked[0].genome.scaling
+        soup: Individual | None = None
+        gen = torch.Generator().manual_seed(ranked[0].genome.seed)
+        for cand in ranked[1:]:
+            assert tensors is not None and cand.tensors is not None
+            n = len(members) + 1
+            new_rank = rank + cand.genome.rank
+            mixed, _ = crossover(
+                "linear",
+                tensors,
+                scaling,
+                cand.tensors,
+                cand.genome.scaling,
+                child_rank=new_rank,
+                child_scaling=1.0,
+                weight=(n - 1) / n,
+                generator=gen,
+            )
+            genome = dataclasses.replace(ranked[0].genome, rank=new_rank, alpha=float(new_rank))
+            names = ", ".join(i.id for i in [*members, cand])
+            trial = Individual(
+                f"soup-{len(members) + 1}-{self.generation}",
+                self.generation,
+                genome,
+                [i.id for i in [*members, cand]],
+                f"soup of {n}",
+                trained=True,
+                steps_trained=max(i.steps_trained for i in [*members, cand]),
+            )
+            trial.tensors = mixed
+            await self._evaluate([trial])
+            if self.stop_requested or trial.fitness is None:
+                return
+            if trial.fitness > best_fitness:  # type: ignore[operator]
+                members.append(cand)
+                tensors, rank, scaling, best_fitness = mixed, new_rank, 1.0, trial.fitness
+                if soup is not None:
+                    soup.status, soup.reason = "culled", f"superseded by {trial.id}"
+                    self._update(soup)
+                soup = trial
+                self.publish(
+                    Log("info", f"soup: {names} average to {trial.val_loss:.4f} on validation")
+                )
+            else:
+                trial.status, trial.reason = "culled", f"{cand.id} did not improve the soup"
+                self._update(trial)
+        if soup is not None:
+            self.population.append(soup)
+            self.run_dir.write_leaderboard(self._leaderboard_rows())
+        else:
+            self.publish(
+                Log("info", f"soup: no average of the best {k} beat {ranked[0].id} on validation")
+            )
+
+    def _continuation(self, generation: int, e: Individual) -> Individual:
+        """``e`` training on: its adapter, optimizer state and batch stream, no crossover or
+        noise; only the learning rate may move (PBT's explore)."""
+        import dataclasses
+
+        lr, evo = e.genome.learning_rate, self.profile.evolution
+        op = "continue"
+        if evo.lr_perturbation > 0:
+            f = 1.0 + evo.lr_perturbation
+            up = self.rng.random() < 0.5
+            lr = lr * f if up else lr / f
+            lo, hi = self._lr_bounds()
+            if hi > lo:
+                lr = min(hi, max(lo, lr))
+            op += f" lr×{f:g}" if up else f" lr÷{f:g}"
+        genome = dataclasses.replace(e.genome, learning_rate=lr)
+        child = Individual(self._new_id(generation), generation, genome, [e.id], op)
+        assert e.tensors is not None
+        child.tensors = {k: v.clone() for k, v in e.tensors.items()}
+        child.optimizer, child.stretches = e.optimizer, e.stretches
+        child.steps_trained = e.steps_trained
+        return child
+
     def next_population(self, generation: int) -> list[Individual]:
         """Elites (and promoted) survive unscored-again, paused keep their place, children fill the rest."""
         evo = self.profile.evolution
@@ -283,12 +376,14 @@ class Orchestrator(RunControl):
         for e in elites:
             e.status = "promoted" if e.promoted else "elite"
             e.promoted = False  # a promotion carries an individual over once
-            if evo.elites_train:  # it trains on, so it is scored again afterwards
-                e.trained, e.fitness = False, None
         n_children = max(0, size - len(elites) - len(waiting))
         children = []
-        if scored:
-            children = genetics.breed(
+        if evo.continue_elites:  # elites keep training, in a child: the elite stays as it was
+            for e in elites[:n_children]:
+                children.append(self._continuation(generation, e))
+            n_children -= len(children)
+        if scored and n_children > 0:
+            children += genetics.breed(
                 scored,
                 n_children,
                 evo.tournament_size,
@@ -305,11 +400,12 @@ class Orchestrator(RunControl):
 
     # --- work -----------------------------------------------------------------------------------
 
-    async def _train(self, ind: Individual) -> None:
+    async def _train(self, ind: Individual, steps: int | None = None) -> None:
+        """Train ``ind`` for ``steps`` (the profile's steps per generation) on a coliseum."""
         assert self.pool is not None
         genome = ind.genome.to_dict()
         adapter = _to_bytes(ind.tensors) if ind.tensors is not None else None
-        steps = self.profile.training.steps_per_generation
+        steps = steps or self.profile.training.steps_per_generation
 
         kd_blob: bytes | None = None
         splits = 1  # pieces per drawn micro-batch: doubled after each out-of-memory error
@@ -881,31 +977,9 @@ class Orchestrator(RunControl):
             if prof.distilling_sequences:
                 await self._teacher_answers()
             self.phases["teacher"] = round(time.perf_counter() - t0, 3)
-            for gen in range(self.generation + 1, prof.evolution.generations):
-                await self._gate()
-                if self.stop_requested:
-                    break
-                t0 = time.perf_counter()
-                self.population = (
-                    self.initial_population() if gen == 0 else self.next_population(gen)
-                )
-                self.generation = gen
-                for ind in self.population:
-                    if ind.generation == gen or ind.status in ("elite", "promoted"):
-                        self._update(ind)
-                to_train = [i for i in self.population if not i.trained and not i.paused]
-                self.publish(GenerationStarted(gen, [i.id for i in to_train]))
-                await asyncio.gather(*(self._train(i) for i in to_train))
-                if self.stop_requested:
-                    break
-                await self._evaluate(
-                    [i for i in self.population if i.trained and i.fitness is None]
-                )
-                if self.stop_requested:
-                    break
-                self.population = [i for i in self.population if i.id not in self._culled]
-                self._finish_generation(gen, time.perf_counter() - t0)
-                self._check_log()
+            await self._evolve(prof)
+            if prof.evolution.soup > 1 and not self.stop_requested:
+                await self._soup(prof.evolution.soup)
             if self.stop_requested:
                 status, reason = "stopped", "stopped by the operator"
         except asyncio.CancelledError:
@@ -941,6 +1015,30 @@ class Orchestrator(RunControl):
         self.publish(finished)
         self.run_dir.close()
         return finished
+
+    async def _evolve(self, prof: Any) -> None:
+        """The generations: breed, train, score, checkpoint (a baseline replaces only this)."""
+        for gen in range(self.generation + 1, prof.evolution.generations):
+            await self._gate()
+            if self.stop_requested:
+                return
+            t0 = time.perf_counter()
+            self.population = self.initial_population() if gen == 0 else self.next_population(gen)
+            self.generation = gen
+            for ind in self.population:
+                if ind.generation == gen or ind.status in ("elite", "promoted"):
+                    self._update(ind)
+            to_train = [i for i in self.population if not i.trained and not i.paused]
+            self.publish(GenerationStarted(gen, [i.id for i in to_train]))
+            await asyncio.gather(*(self._train(i) for i in to_train))
+            if self.stop_requested:
+                return
+            await self._evaluate([i for i in self.population if i.trained and i.fitness is None])
+            if self.stop_requested:
+                return
+            self.population = [i for i in self.population if i.id not in self._culled]
+            self._finish_generation(gen, time.perf_counter() - t0)
+            self._check_log()
 
     def _finish_generation(self, gen: int, seconds: float) -> None:
         scored = [i for i in self.population if i.fitness is not None]

@@ -355,11 +355,12 @@ class EvolutionConfig(BaseModel):
         le=1,
         description="probability a child's rank moves to a neighbouring value of [population] ranks",
     )
-    elites_train: bool = Field(
+    continue_elites: bool = Field(
         False,
-        description="survivors keep training every generation, each continuing its own AdamW "
-        "state and batch stream, as population-based training does; false: an elite is carried "
-        "over as it is and only new individuals train",
+        description="each elite also gets a continuation child: its own adapter and AdamW state "
+        "trained steps_per_generation more on new batches (learning rate perturbed by "
+        "lr_perturbation), while the elite stays as it was — elites keep training, and a "
+        "continuation that overfits loses to its parent (early stopping by selection)",
     )
     inherit_optimizer: bool = Field(
         True,
@@ -373,6 +374,14 @@ class EvolutionConfig(BaseModel):
         description="PBT's explore: each child's learning rate is multiplied by 1 + this or "
         "divided by it, at random (0 = off: only mutation_rate's log-normal step, and only where "
         "[population] learning_rate_spread > 1)",
+    )
+    soup: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="at the end, a greedy soup of up to this many of the best adapters: each next "
+        "one joins the uniform average of their ΔW only if the average scores better on "
+        "validation, and the soup is the champion if it beats the best individual (0 or 1 = off)",
     )
     sizes: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(
         None,
@@ -776,8 +785,6 @@ class Profile(BaseModel):
         compute-matched baseline gets (genesis-tui baseline)."""
         steps, evo = self.training.steps_per_generation, self.evolution
         sizes = self.generation_sizes()
-        if evo.elites_train:
-            return steps * sum(sizes)
         new = sizes[0] + sum(max(0, n - min(evo.elitism, n)) for n in sizes[1:])
         return steps * new
 

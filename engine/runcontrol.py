@@ -100,7 +100,7 @@ class RunControl:
                 str(self.run_dir.path),
                 prof.run.name,
                 prof.run.seed,
-                prof.evolution.generations,
+                self.planned_generations,
                 population_size,
                 resumed_from,
                 list(remote_code or []),
@@ -117,6 +117,11 @@ class RunControl:
         """At a safe point: an event log that could not be written (a full disk) stops the run."""
         if self.run_dir.log_error is not None:
             raise self.run_dir.log_error
+
+    @property
+    def planned_generations(self) -> int:
+        """How many generations (a baseline: evaluation rounds) the run will count."""
+        return self.profile.evolution.generations
 
     def _new_id(self, generation: int) -> str:
         ind_id = f"g{generation}-{self.next_id:03d}"

@@ -34,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "action",
         nargs="?",
-        choices=["attach", "open"],
+        choices=["attach", "open", "baseline"],
         help="attach: the terminal UI on a running engine (quitting leaves it running); "
-        "open: browse a finished or stopped run from its event log",
+        "open: browse a finished or stopped run from its event log; baseline: the run's "
+        "compute-matched baseline (--kind), headless",
     )
     p.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="the run directory (attach, open)")
     p.add_argument(
@@ -57,6 +58,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--merge",
         action="store_true",
         help="also merge the champion into the base model with mergekit",
+    )
+    b = p.add_argument_group(
+        "baseline",
+        "genesis-tui baseline RUN_DIR --kind finetune: what a run must beat, at the run's own "
+        "training steps (from its report.json), written under RUN_DIR/baselines/ and recorded in "
+        "the run's report; or baseline --profile P: at the profile's planned steps",
+    )
+    b.add_argument(
+        "--kind",
+        choices=["finetune", "random"],
+        default="finetune",
+        help="finetune: one adapter trained for the whole budget, the best validation checkpoint "
+        "kept; random: [population] size random genomes sharing the budget (default finetune)",
+    )
+    b.add_argument(
+        "--lr-scale",
+        type=float,
+        default=1.0,
+        metavar="X",
+        help="finetune: the profile's learning rate times X (default 1)",
+    )
+    b.add_argument(
+        "--steps",
+        type=int,
+        metavar="N",
+        help="the training budget in optimizer steps (default: matched)",
+    )
+    b.add_argument(
+        "--eval-every",
+        type=int,
+        metavar="N",
+        help="finetune: score on validation every N steps (default: an epoch or the profile's "
+        "steps per generation, whichever is longer)",
     )
     p.add_argument("--help-profile", action="store_true", help="print the profile schema and exit")
     p.add_argument("--version", action="store_true", help="print the version and exit")
@@ -92,6 +126,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.help_profile:
         print(schema_help())
         return 0
+    if args.action == "baseline":
+        return _baseline(args)
     if args.action:
         return _browse(args)
     if args.run_dir:
@@ -118,6 +154,11 @@ def _main(args: argparse.Namespace) -> int:
             return _fail(
                 f"{run.path}: an engine is already running this run; attach to it with: "
                 f"genesis-tui attach {run.path}"
+            )
+        if (run.path / "baseline.json").exists():
+            return _fail(
+                f"{run.path}: this is a baseline's run directory, which cannot be resumed; run "
+                "the baseline again (genesis-tui baseline …)."
             )
         profile = load_profile(run.profile_path)
     else:
@@ -158,6 +199,63 @@ def _main(args: argparse.Namespace) -> int:
     return run_headless(
         Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
     )
+
+
+def _baseline(args: argparse.Namespace) -> int:
+    """``baseline RUN_DIR`` (matched to the run) or ``baseline --profile P`` (its planned steps)."""
+    import json
+
+    from engine.baseline import make_baseline, ranked_note, summary
+    from engine.data import check_data
+    from engine.models import preflight
+    from engine.profile import load_profile
+    from engine.rundir import RunDir, atomic_write_text
+    from genesis_tui.headless import run_headless
+
+    if bool(args.run_dir) == bool(args.profile):
+        return _fail(
+            "baseline needs either a run directory (genesis-tui baseline RUN_DIR --kind finetune: "
+            "matched to that run's compute) or --profile PROFILE.toml, not both."
+        )
+    if args.resume or args.check or args.merge:
+        return _fail("baseline takes --kind, --lr-scale, --steps and --eval-every only.")
+    if args.lr_scale <= 0 or (args.steps is not None and args.steps < 1):
+        return _fail("--lr-scale must be > 0 and --steps at least 1.")
+    parent = None
+    if args.run_dir:
+        parent = RunDir.open(Path(args.run_dir))
+        profile = load_profile(parent.profile_path)
+        out_dir, report_file = parent.path / "baselines", parent.path / "report.json"
+    else:
+        profile = load_profile(args.profile)
+        out_dir, report_file = profile.run.output_dir, None
+    if profile.is_tts:
+        return _fail(f"{profile.source}: baselines are for the LLM track; this is a TTS profile.")
+    steps = args.steps
+    if steps is None and report_file is not None and report_file.is_file():
+        steps = json.loads(report_file.read_text()).get("compute", {}).get("train_steps") or None
+    steps = steps or profile.planned_train_steps()
+    check_data(profile)
+    preflight(profile)
+    name = args.kind + (f"-lr{args.lr_scale:g}x" if args.kind == "finetune" else "")
+    run = RunDir.create(out_dir, name, profile.to_toml())
+    orch = make_baseline(
+        args.kind, profile, run, steps=steps, lr_scale=args.lr_scale, eval_every=args.eval_every
+    )
+    print(
+        f"baseline {name}: {steps} training steps (matched to {parent.path if parent else 'the profile'})"
+    )
+    code = run_headless(orch)
+    if code == 0 and report_file is not None and report_file.is_file():
+        report = json.loads(report_file.read_text())
+        report.setdefault("baselines", {})[name] = summary(
+            json.loads((run.path / "report.json").read_text())
+        )
+        atomic_write_text(report_file, json.dumps(report, indent=1) + "\n")
+        note = ranked_note(report)
+        if note:
+            print(f"the run's champion against its baselines, on test: {note}")
+    return code
 
 
 def _tts_preflight(profile) -> None:

@@ -311,7 +311,7 @@ def run_headless(
     metric = "val loss"
     if tts:
         metric = "MCD+tempo" if orch.profile.tts.tempo_weight else "MCD"
-    view = HeadlessView(console, orch.profile.evolution.generations, metric)
+    view = HeadlessView(console, orch.planned_generations, metric)
     orch.subscribe(view)
     with view.progress:
         finished = asyncio.run(_run(orch, view, resume))

@@ -45,11 +45,11 @@ def test_no_test_split_is_said_not_invented(tiny_profile, tmp_path):
     assert "no test split" in r.stdout
 
 
-def test_elites_train_on_with_their_optimizer_and_the_population_narrows(tiny_profile, tmp_path):
+def test_elites_train_on_in_continuations_and_the_population_narrows(tiny_profile, tmp_path):
     prof = tiny_profile(
         evolution__generations=3,
         evolution__sizes=[4, 2, 2],
-        evolution__elites_train=True,
+        evolution__continue_elites=True,
         evolution__crossover_rate=0.0,
         evolution__inherit_optimizer=True,
         evolution__lr_perturbation=0.25,
@@ -58,16 +58,19 @@ def test_elites_train_on_with_their_optimizer_and_the_population_narrows(tiny_pr
     assert r.returncode == 0, r.stdout + r.stderr
     run = only_run(tmp_path / "runs")
     rep = _report(run)
-    assert rep["compute"]["train_steps"] == rep["planned_train_steps"] == 3 * (4 + 2 + 2)
+    # 4 in generation 0, then 1 elite + 1 continuation a generation: 3 steps each
+    assert rep["compute"]["train_steps"] == rep["planned_train_steps"] == 3 * (4 + 1 + 1)
     state = json.loads((run / "gen_0002" / "state.json").read_text())
     assert len(state["population"]) == 2
-    # the elite of generation 0 is still there, trained in all three generations
-    survivor = [i for i in state["population"] if i["generation"] == 0]
-    assert survivor and survivor[0]["steps_trained"] == 9 and survivor[0]["stretches"] == 3
-    assert (run / "gen_0002" / "optimizers" / f"{survivor[0]['id']}.safetensors").is_file()
-    # a copy continues its parent's lineage of steps
-    child = [i for i in state["population"] if i["generation"] > 0]
-    assert child and child[0]["steps_trained"] > 3
+    conts = [i for i in state["population"] if i["operator"].startswith("continue")]
+    assert conts, [i["operator"] for i in state["population"]]
+    c = conts[0]
+    parent = next(
+        e for e in events(run) if e["kind"] == "individual" and e["id"] == c["parents"][0]
+    )
+    assert c["steps_trained"] >= 6 and c["stretches"] >= 2  # its parent's steps, then its own
+    assert c["genome"]["learning_rate"] != parent["genome"]["learning_rate"]  # explored
+    assert (run / "gen_0002" / "optimizers" / f"{c['id']}.safetensors").is_file()
 
 
 def test_optimizer_state_round_trips_and_refuses_another_shape():
@@ -95,3 +98,82 @@ def test_optimizer_state_round_trips_and_refuses_another_shape():
     opt3 = torch.optim.AdamW([p for _, p in wrong], lr=1e-2)
     assert not unpack(blob, opt3, [("m.lora_A.ind_c.weight", wrong[0][1])], "ind_c")
     assert not opt3.state
+
+
+def test_the_finetune_baseline_matches_the_runs_compute_and_is_recorded(tiny_profile, tmp_path):
+    prof = tiny_profile(data__max_val_examples=24)
+    assert cli("--profile", str(prof), "--headless").returncode == 0
+    run = only_run(tmp_path / "runs")
+    r = cli("baseline", str(run), "--kind", "finetune", "--eval-every", "5")
+    assert r.returncode == 0, r.stdout + r.stderr
+    base = only_run(run / "baselines")
+    rep = _report(base)
+    assert rep["kind"] == "baseline-finetune"
+    assert rep["compute"]["train_steps"] == _report(run)["compute"]["train_steps"] == 21
+    infos = sorted((base / "epochs").glob("epoch_*/epoch_info.json"))
+    assert len(infos) == 5  # 21 steps scored every 5: 5, 10, 15, 20, 21
+    steps = [json.loads(p.read_text())["step"] for p in infos]
+    assert steps == [5, 10, 15, 20, 21]
+    best = min((json.loads(p.read_text()) for p in infos), key=lambda i: i["val_loss"])
+    assert rep["champion"]["val_loss"] == pytest.approx(best["val_loss"])
+    assert rep["champion"]["test_loss"] is not None
+    assert (base / "champion" / "adapter_model.safetensors").is_file()
+    recorded = _report(run)["baselines"]["finetune-lr1x"]
+    assert recorded["test_loss"] == rep["champion"]["test_loss"]
+    assert "against its baselines" in r.stdout
+    # a baseline's directory is not an evolution to resume
+    again = cli("--resume", str(base), "--headless")
+    assert again.returncode == 2 and "baseline" in again.stderr
+
+
+def test_the_random_baseline_shares_the_budget(tiny_profile, tmp_path):
+    prof = tiny_profile()
+    r = cli("baseline", "--profile", str(prof), "--kind", "random", "--steps", "10")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rep = _report(only_run(tmp_path / "runs"))
+    assert rep["kind"] == "baseline-random" and rep["compute"]["train_steps"] == 10
+    assert len(rep["compute_per_generation"]) == 1
+
+
+def test_a_profile_whose_test_split_is_its_validation_split_is_refused(tiny_profile, tiny_lab):
+    prof = tiny_profile(data__test=str(tiny_lab["data"] / "val.txt"))
+    r = cli("--profile", str(prof), "--check")
+    assert r.returncode == 2 and "[data] test" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sizes_must_give_one_entry_per_generation(tiny_profile):
+    r = cli("--profile", str(tiny_profile(evolution__sizes=[4, 2, 2])), "--check")
+    assert r.returncode == 2 and "sizes" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_greedy_soup_joins_only_what_helps_and_is_exact(tiny_profile, tmp_path):
+    prof = tiny_profile(
+        evolution__soup=3, evolution__crossover_rate=0.0, training__steps_per_generation=10
+    )
+    r = cli("--profile", str(prof), "--headless")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(tmp_path / "runs")
+    ev = events(run)
+    trials = {e["id"]: e for e in ev if e["kind"] == "individual" and e["id"].startswith("soup-")}
+    assert trials, "no soup was tried"
+    final = [e for e in trials.values() if e["status"] != "culled"]
+    scored = {
+        e["id"]: e["val_loss"]
+        for e in ev
+        if e["kind"] == "individual" and e["val_loss"] is not None and e["id"] in trials
+    }
+    best_other = min(
+        e["val_loss"]
+        for e in ev
+        if e["kind"] == "individual" and e["val_loss"] is not None and not e["id"].startswith("soup")
+    )
+    if final:  # a soup that stays beat the best individual, and is the champion
+        soup = final[-1]
+        assert scored[soup["id"]] < best_other
+        assert _report(run)["champion"]["id"] == soup["id"]
+        parents = [e for e in ev if e["kind"] == "individual" and e["id"] in soup["parents"]]
+        ranks = {e["id"]: e["genome"]["rank"] for e in parents}
+        assert soup["genome"]["rank"] == sum(ranks.values())
+    else:
+        assert "no average of the best 3" in r.stdout
+        assert all(v >= best_other for v in scored.values())
