@@ -203,6 +203,25 @@ class TestReport(Event):
     student_loss: float | None = None
     teacher_loss: float | None = None
 
+    @property
+    def summary(self) -> str:
+        import math
+
+        text = (
+            f"test split ({self.rows} rows, never used for selection): champion {self.champion} "
+            f"loss {self.champion_loss:.4f} (perplexity {math.exp(min(self.champion_loss, 50.0)):.2f})"
+        )
+        if self.student_loss is not None:
+            text += f" · untrained student {self.student_loss:.4f}"
+        if self.teacher_loss is not None:
+            text += f" · teacher {self.teacher_loss:.4f}"
+            if self.student_loss is not None and self.student_loss > self.teacher_loss:
+                closed = (self.student_loss - self.champion_loss) / (
+                    self.student_loss - self.teacher_loss
+                )
+                text += f" · closes {100 * closed:.0f}% of the gap"
+        return text
+
 
 @dataclass(frozen=True)
 class CheckpointWritten(Event):

@@ -95,6 +95,9 @@ class Orchestrator(RunControl):
         self.phases: dict[str, float] = {}  # wall seconds per phase (report.json)
         self.test: dict[str, float | None] = {}  # test-split losses: champion, student, teacher
         self._started = time.time()
+        # The soup's candidates: the best adapters scored so far in the whole run, whichever
+        # generation they were in (an elite's earlier self, a culled near-miss)
+        self.hall: list[Individual] = []
 
     @property
     def _keeps_optimizers(self) -> bool:
@@ -271,8 +274,9 @@ class Orchestrator(RunControl):
         return child
 
     async def _soup(self, k: int) -> None:
-        """Greedy soup (Wortsman et al., 2022) of the best ``k`` adapters: walking down the
-        leaderboard, an adapter joins when the uniform average of the members' ΔW scores better
+        """Greedy soup (Wortsman et al., 2022) of the best ``k`` adapters scored in the whole run
+        (the hall: earlier states of today's elites too, as in latest-weight averaging): walking
+        down their ranking, an adapter joins when the uniform average of the members' ΔW scores better
         on validation than the soup without it. The average is exact: the soup's rank is the sum
         of its members' ranks (engine.genomes.lora's linear crossover keeps every direction)."""
         import dataclasses
@@ -281,7 +285,9 @@ class Orchestrator(RunControl):
 
         from engine.genomes.lora import crossover
 
-        ranked = genetics.ranked([i for i in self.population if i.fitness is not None])[:k]
+        current = [i for i in self.population if i.fitness is not None]
+        pool = {i.id: i for i in [*self.hall, *current]}
+        ranked = genetics.ranked(list(pool.values()))[:k]
         if len(ranked) < 2:
             return
         members = [ranked[0]]
@@ -355,7 +361,10 @@ class Orchestrator(RunControl):
             if hi > lo:
                 lr = min(hi, max(lo, lr))
             op += f" lr×{f:g}" if up else f" lr÷{f:g}"
-        genome = dataclasses.replace(e.genome, learning_rate=lr)
+        # A seed of its own: two continuations of one elite at one learning rate would otherwise
+        # draw the same batches and train the same adapter twice (the seed only picks batches
+        # and dropout here; the adapter is the elite's)
+        genome = dataclasses.replace(e.genome, learning_rate=lr, seed=self.rng.randrange(2**31))
         child = Individual(self._new_id(generation), generation, genome, [e.id], op)
         assert e.tensors is not None
         child.tensors = {k: v.clone() for k, v in e.tensors.items()}
@@ -750,6 +759,7 @@ class Orchestrator(RunControl):
         self.publish(
             TestReport(champ.id, rows, self.test["champion"], self.test["student"], teacher)  # type: ignore[arg-type]
         )
+        self.run_dir.write_leaderboard(self._leaderboard_rows())
 
     def _lineage(self, ind: Individual) -> list[dict[str, Any]]:
         """The champion's ancestry as far as the event log knows it (id, generation, operator,
@@ -860,6 +870,7 @@ class Orchestrator(RunControl):
             "teacher_loss": self.teacher_loss,
             "student_loss": self.student_loss,
             "culled": sorted(self._culled),
+            "hall": [i.to_state() for i in self.hall],
             "compute": self.compute,
             "compute_per_generation": self.compute_per_generation,
             "phases": self.phases,
@@ -877,6 +888,9 @@ class Orchestrator(RunControl):
         self.teacher_loss = state.get("teacher_loss")
         self.student_loss = state.get("student_loss")
         self._culled = set(state.get("culled", []))
+        self.hall = [Individual.from_state(d) for d in state.get("hall", [])]
+        for ind in self.hall:
+            ind.tensors = tensors.get(ind.id)
         self.compute = {**dict.fromkeys(COMPUTE_KEYS, 0), **state.get("compute", {})}
         self.compute_per_generation = list(state.get("compute_per_generation", []))
         self.phases = dict(state.get("phases", {}))
@@ -926,6 +940,10 @@ class Orchestrator(RunControl):
                     "learning_rate": f"{i.genome.learning_rate:.3g}",
                     "parents": " ".join(i.parents),
                     "operator": i.operator,
+                    # the test split is scored once, for the champion only, at the end
+                    "test_loss": f"{self.test['champion']:.6f}"
+                    if self.champion is i and self.test.get("champion") is not None
+                    else "",
                 }
             )
         return rows
@@ -1040,14 +1058,23 @@ class Orchestrator(RunControl):
             self._finish_generation(gen, time.perf_counter() - t0)
             self._check_log()
 
+    def _remember(self) -> None:
+        """Keep the best ``[evolution] soup`` adapters scored so far (the soup's candidates)."""
+        k = self.profile.evolution.soup
+        if k < 2:
+            return
+        pool = {i.id: i for i in [*self.hall, *self.population] if i.fitness is not None}
+        self.hall = genetics.ranked(list(pool.values()))[:k]
+
     def _finish_generation(self, gen: int, seconds: float) -> None:
+        self._remember()
         scored = [i for i in self.population if i.fitness is not None]
         best, mean, worst = genetics.summarize([i.fitness for i in scored])  # type: ignore[misc]
         champion = genetics.ranked(scored)[0].id if scored else ""
         self.history.append({"generation": gen, "best": best, "mean": mean, "worst": worst})
         adapters = {
             i.id: _to_bytes(i.tensors)
-            for i in self.population
+            for i in [*self.population, *self.hall]
             if i.trained and i.tensors is not None
         }
         optimizers = {

@@ -226,7 +226,7 @@ class RunDir:
                 "population list)."
             )
         tensors = {}
-        for ind in state.get("population", []):
+        for ind in [*state.get("population", []), *state.get("hall", [])]:
             f = root / "adapters" / f"{ind['id']}.safetensors"
             if not ind.get("trained"):
                 continue

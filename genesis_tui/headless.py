@@ -127,7 +127,7 @@ class HeadlessView:
                 f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
             )
         elif isinstance(e, TestReport):
-            self.line(test_summary(e))
+            self.line(e.summary)
         elif isinstance(e, AudioSample):
             self.line(f"  audio {e.id} ({e.seconds:.2f}s): {e.path}")
         elif isinstance(e, (PruneReport, TeacherAnswers)):
@@ -235,22 +235,6 @@ def champion_summary(orch: Orchestrator, finished: RunFinished) -> str:
             text += " · better than the teacher"
         elif student is not None and student > teacher:
             text += f" · closes {100 * (student - loss) / (student - teacher):.0f}% of the student–teacher gap"
-    return text
-
-
-def test_summary(e: TestReport) -> str:
-    """The test split's line: the champion against the untrained student and the teacher."""
-    text = (
-        f"test split ({e.rows} rows, never used for selection): champion {e.champion} "
-        f"loss {e.champion_loss:.4f} (perplexity {math.exp(min(e.champion_loss, 50.0)):.2f})"
-    )
-    if e.student_loss is not None:
-        text += f" · untrained student {e.student_loss:.4f}"
-    if e.teacher_loss is not None:
-        text += f" · teacher {e.teacher_loss:.4f}"
-        if e.student_loss is not None and e.student_loss > e.teacher_loss:
-            closed = (e.student_loss - e.champion_loss) / (e.student_loss - e.teacher_loss)
-            text += f" · closes {100 * closed:.0f}% of the gap"
     return text
 
 

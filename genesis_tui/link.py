@@ -108,9 +108,30 @@ class ReplayLink(Link):
     async def run(self) -> None:
         from engine.rundir import RunDir
 
-        for event in RunDir.open(self.run_dir).read_events():
+        run = RunDir.open(self.run_dir)
+        for event in run.read_events():
             self._publish(event)
             await asyncio.sleep(0)
+        note = baselines_note(run.path)
+        if note:
+            from engine.events import Log
+
+            self._publish(Log("info", note))
+
+
+def baselines_note(run_dir: Path) -> str:
+    """The run's champion against the compute-matched baselines recorded in its report.json
+    (genesis-tui baseline RUN_DIR), on the test split; "" when none was run."""
+    import json
+
+    from engine.baseline import ranked_note
+
+    try:
+        report = json.loads((Path(run_dir) / "report.json").read_text())
+    except (OSError, ValueError):
+        return ""
+    note = ranked_note(report)
+    return f"baselines at this run's compute, test loss: {note}" if note else ""
 
 
 class SocketLink(Link):

@@ -121,6 +121,9 @@ def test_the_finetune_baseline_matches_the_runs_compute_and_is_recorded(tiny_pro
     recorded = _report(run)["baselines"]["finetune-lr1x"]
     assert recorded["test_loss"] == rep["champion"]["test_loss"]
     assert "against its baselines" in r.stdout
+    from genesis_tui.link import baselines_note  # what genesis-tui open shows in the Log
+
+    assert "finetune-lr1x" in baselines_note(run) and "champion" in baselines_note(run)
     # a baseline's directory is not an evolution to resume
     again = cli("--resume", str(base), "--headless")
     assert again.returncode == 2 and "baseline" in again.stderr

@@ -26,6 +26,7 @@ from engine.events import (
     RunStarted,
     TeacherAnswers,
     TeacherLogits,
+    TestReport,
     TrainFinished,
     WorkerState,
 )
@@ -110,6 +111,8 @@ def describe(e: Event) -> tuple[str, str] | None:
         )
     if isinstance(e, CheckpointWritten):
         return "info", f"  checkpoint: {e.path}"
+    if isinstance(e, TestReport):
+        return "info", e.summary
     if isinstance(e, Exported):
         loss = "" if e.val_loss is None else f" (val loss {e.val_loss:.4f})"
         return "info", f"exported {e.id} → {e.path}{loss}"
