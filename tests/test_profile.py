@@ -130,6 +130,47 @@ def test_absent_or_disabled_teacher_means_no_teacher(lab):
     assert parse_profile(p.to_toml(), source=p.source) == p
 
 
+def test_card_memory_and_model_config_for_the_estimate(lab):
+    (lab / "cfg").mkdir()
+    (lab / "cfg" / "config.json").write_text("{}")
+    text = BASE.replace('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = 32').replace(
+        'model = "./m/student"', 'model = "org/student"\nconfig = "cfg"'
+    )
+    p = load_profile(write(lab, text, "ok.toml"))
+    assert p.devices.gpu_memory_gb == 32.0 and p.student.config == lab / "cfg"
+    assert parse_profile(p.to_toml(), source=p.source) == p
+    table = text.replace("gpu_memory_gb = 32", 'gpu_memory_gb = { "cuda:0" = 32, "cuda:1" = 24.5 }')
+    p = load_profile(
+        write(lab, table.replace('config = "cfg"', 'config = "cfg/config.json"'), "t.toml")
+    )
+    assert p.devices.gpu_memory_gb == {"cuda:0": 32.0, "cuda:1": 24.5}
+    assert p.student.config == lab / "cfg" / "config.json"
+    assert parse_profile(p.to_toml(), source=p.source) == p
+
+
+@pytest.mark.parametrize(
+    "old,new,expect",
+    [
+        (
+            'coliseum = ["cpu"]',
+            'coliseum = ["cpu"]\ngpu_memory_gb = "32"',
+            "without quotes",
+        ),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = 0', "greater than 0"),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = [32]', "or a table"),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = { gpu0 = 32 }', '"gpu0"'),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = { "cuda:1" = -2 }', '"cuda:1"'),
+        ('model = "./m/teacher"', 'model = "./m/teacher"\nconfig = "nowhere"', "is missing"),
+        ('model = "./m/teacher"', 'model = "./m/teacher"\nconfig = "m"', "without a config.json"),
+    ],
+)
+def test_bad_card_memory_or_model_config(lab, old, new, expect):
+    text = BASE.replace(old, new)
+    msg = error(lab, text)
+    key = "gpu_memory_gb" if "gpu_memory_gb" in new else "config"
+    assert f"line {line_of(text, key)}" in msg and key in msg and expect in msg, msg
+
+
 def test_hub_ids_are_not_checked_for_existence(lab):
     text = BASE.replace("./m/student", "BioMistral/BioMistral-7B").replace("./m/teacher", "gpt2")
     p = load_profile(write(lab, text, "hub.toml"))
