@@ -153,6 +153,19 @@ def test_check_says_a_70b_teacher_in_4bit_will_not_fit_one_32_gb_card(tmp_path):
     assert "will not fit on cuda:0" in r.stderr and "has 32 GB" in r.stderr
 
 
+def test_check_of_the_rig_profile_shows_both_cards_fit_even_here():
+    _no_gpu_here()
+    r = cli("--profile", "profiles/medical-dual-gpu.toml", "--check")
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # no GPU, no weights here
+    cards = [line for line in r.stdout.splitlines() if line.startswith("  cuda:")]
+    assert len(cards) == 2, r.stdout
+    assert all("32 GB ([devices] gpu_memory_gb" in c and "fits — needs" in c for c in cards)
+    assert "teacher BioMistral/BioMistral-7B-DARE" in r.stdout
+    assert "after pruning 6 of 32 blocks" in r.stdout
+    assert r.stderr.count("\n") == 1 and "memory:" not in r.stderr
+    assert "vocabulary" not in r.stderr  # one tokenizer: logit distillation is valid
+
+
 def test_logit_distillation_across_two_vocabularies_is_found_from_the_configs(tmp_path):
     r = cli(
         "--profile", str(_seed_rig(tmp_path, extra='\n[distill]\nmode = "logits"\n')), "--check"

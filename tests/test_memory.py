@@ -5,6 +5,7 @@ or from the profile), and the verdicts on the shipped rig profiles."""
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,9 +13,11 @@ from types import SimpleNamespace
 import pytest
 
 from engine import memory
+from engine.profile import load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "assets" / "configs"
+PROFILES = ROOT / "profiles"
 
 
 def spec(model: str, config: Path | None = None, **kw):
@@ -123,6 +126,69 @@ def test_training_activations_match_what_autograd_keeps():
     )
     blocks, _ = memory.training_activations(memory.architecture(cfg), s)
     assert measured == pytest.approx(blocks, rel=0.05)
+
+
+def _rig(tmp_path: Path, name: str) -> Path:
+    """A shipped rig profile in a tmp tree, beside a copy of the configs it points at."""
+    (tmp_path / "profiles").mkdir()
+    shutil.copytree(ROOT / "assets" / "configs", tmp_path / "assets" / "configs")
+    shutil.copytree(ROOT / "assets" / "data", tmp_path / "assets" / "data")
+    dst = tmp_path / "profiles" / name
+    shutil.copy(PROFILES / name, dst)
+    return dst
+
+
+def test_the_rig_profile_fits_two_32_gb_cards(tmp_path):
+    check = memory.estimate(load_profile(_rig(tmp_path, "medical-dual-gpu.toml")))
+    by_name = {d.name: d for d in check.devices}
+    assert set(by_name) == {"cuda:0", "cuda:1"}
+    for dev in by_name.values():
+        assert dev.capacity == 32 and dev.fits is True, dev
+    assert [x.role for x in by_name["cuda:0"].loads] == ["teacher"]
+    assert [x.role for x in by_name["cuda:1"].loads] == ["student"]
+    assert by_name["cuda:1"].pruning is not None  # phase A prunes on the student's card first
+    assert check.problems() == []
+
+
+def test_the_70b_variant_fits_its_cards_and_needs_host_ram_for_the_teacher(tmp_path):
+    p = load_profile(_rig(tmp_path, "medical-70b-teacher.toml"))
+    assert p.distill.mode == "sequence" and p.devices.teacher == "cpu"
+    check = memory.estimate(p)
+    by_name = {d.name: d for d in check.devices}
+    assert by_name["cuda:0"].fits and by_name["cuda:1"].fits
+    teacher = by_name["cpu"].loads[0]
+    assert teacher.role == "teacher" and 40 < teacher.total < 50
+
+
+def test_a_card_present_here_is_measured_rather_than_taken_from_the_profile(tmp_path, monkeypatch):
+    import torch
+
+    p = load_profile(_rig(tmp_path, "medical-dual-gpu.toml"))
+    props = SimpleNamespace(total_memory=24 * 2**30, name="NVIDIA GeForce RTX 4090")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    check = memory.estimate(p)
+    by_name = {d.name: d for d in check.devices}
+    assert by_name["cuda:0"].capacity == 24 and "measured" in by_name["cuda:0"].source
+    assert by_name["cuda:0"].fits  # the 16 GB teacher
+    assert by_name["cuda:1"].capacity == 32 and "gpu_memory_gb" in by_name["cuda:1"].source
+
+
+def test_a_student_that_does_not_fit_gets_what_would(tmp_path):
+    p = load_profile(_rig(tmp_path, "medical-dual-gpu.toml"))
+    p = p.model_copy(
+        update={
+            "devices": p.devices.model_copy(update={"gpu_memory_gb": 20.0}),
+            "data": p.data.model_copy(update={"batch_size": 8}),
+        }
+    )
+    check = memory.estimate(p)
+    (dev,) = [d for d in check.devices if d.name == "cuda:1"]
+    assert dev.fits is False
+    assert dev.suggestions and "batch_size = " in dev.suggestions[0]
+    (problem,) = check.problems()
+    assert "will not fit on cuda:1" in problem and "has 20 GB" in problem
 
 
 def test_a_config_file_alone_is_enough_and_its_absence_is_said(tmp_path):

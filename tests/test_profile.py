@@ -196,10 +196,14 @@ def _assets_copy(tmp_path: Path, name: str) -> Path:
     dst = tmp_path / "profiles" / name
     shutil.copy(PROFILES / name, dst)
     text = dst.read_text()
-    for rel in re.findall(r'^\s*(?:train|validation|model)\s*=\s*"(\.\./[^"]+)"', text, re.M):
+    for rel in re.findall(
+        r'^\s*(?:train|validation|model|config)\s*=\s*"(\.\./[^"]+)"', text, re.M
+    ):
         target = (dst.parent / rel).resolve()
         if "/models/" in rel:
             target.mkdir(parents=True, exist_ok=True)
+        elif "/configs/" in rel:  # the shipped config, which the memory estimate reads
+            shutil.copytree(PROFILES.parent / rel.removeprefix("../"), target, dirs_exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("x\n")
@@ -212,6 +216,7 @@ def _assets_copy(tmp_path: Path, name: str) -> Path:
         "demo.toml",
         "demo-ce-only.toml",
         "medical-dual-gpu.toml",
+        "medical-70b-teacher.toml",
         "tinyllama.toml",
         "ray-cluster.toml",
     ],
@@ -258,18 +263,24 @@ def test_shipped_profile_values(tmp_path):
     )
     assert tomllib.loads(same.to_toml()) == tomllib.loads(demo.to_toml())
 
+    # The seed's lab on its rig: a teacher with the student's tokenizer (logit KD is valid), a
+    # fifth of the student's blocks pruned first, 10-20 individuals of ranks 8/16/32, two 32 GB
+    # cards (tests/test_memory.py checks that it fits them).
     med = load_profile(_assets_copy(tmp_path, "medical-dual-gpu.toml"))
     assert med.student.model == "BioMistral/BioMistral-7B" and med.student.dtype == "bfloat16"
     t = med.teacher
-    assert t is not None and t.model == "meta-llama/Meta-Llama-3-70B-Instruct"
-    assert (t.load_in_4bit, t.quant_type, t.compute_dtype) == (True, "nf4", "bfloat16")
+    assert t is not None and t.model == "BioMistral/BioMistral-7B-DARE"
+    assert med.student.config == t.config == tmp_path / "assets" / "configs" / "biomistral-7b"
     assert (med.devices.teacher, med.devices.coliseum) == ("cuda:0", ["cuda:1"])
-    assert (med.population.size, med.population.ranks, med.evolution.generations) == (
-        10,
-        [8, 16, 32],
-        5,
-    )
+    assert med.devices.gpu_memory_gb == {"cuda:0": 32.0, "cuda:1": 32.0}
+    assert 10 <= med.population.size <= 20 and med.population.ranks == [8, 16, 32]
+    assert (med.distill.mode, med.prune.layers, med.run.seed) == ("logits", 0.2, 0)
     assert (med.data.format, med.data.max_seq_len) == ("alpaca", 512)
+    # The 70B teacher: another tokenizer, so sequence-level KD; too big for one card, so the CPU.
+    big = load_profile(_assets_copy(tmp_path, "medical-70b-teacher.toml"))
+    assert big.teacher.model == "meta-llama/Meta-Llama-3-70B-Instruct" and big.teacher.load_in_4bit
+    assert (big.distill.mode, big.devices.teacher) == ("sequence", "cpu")
+    assert big.devices.coliseum == ["cuda:0", "cuda:1"]
 
     tiny = load_profile(_assets_copy(tmp_path, "tinyllama.toml"))
     assert tiny.student.model == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
