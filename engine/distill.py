@@ -78,7 +78,7 @@ def teacher_topk(
             sel = rows[start : start + batch_size]
             ids = split.input_ids[sel].to(device)
             mask = split.attention_mask[sel].to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
             if logits.size(-1) < vocab:
                 raise ValueError(
                     f"the teacher returns {logits.size(-1)} logits per position, fewer than the "

@@ -84,7 +84,7 @@ def validation_loss(
         ids = split.input_ids[start : start + batch_size].to(device)
         mask = split.attention_mask[start : start + batch_size].to(device)
         labels = split.labels[start : start + batch_size].to(device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
         s, c = token_losses(logits, labels)
         total += float(s.sum())
         count += int(c.sum())

@@ -95,8 +95,12 @@ def quantization_problem(device: str) -> str | None:
     return None
 
 
-def preflight(profile: Any) -> None:
-    """Check devices, weights and quantization for every model of the profile before starting."""
+def preflight(profile: Any, memory: Any = None) -> None:
+    """Check devices, weights and quantization for every model of the profile before starting,
+    and that each device's models fit in its memory (``memory``: an ``engine.memory`` check
+    already made, as --check makes; else one is made here when the profile names a GPU — a run
+    on CPUs alone, such as the embedded demo, is not worth the seconds of building its models on
+    the meta device)."""
     problems: list[str] = []
     seen: set[str] = set()
     roles: list[tuple[str, Any, list[str]]] = [
@@ -122,10 +126,19 @@ def preflight(profile: Any) -> None:
         w = weights_problem(spec.model, spec.revision)
         if w:
             problems.append(f"[{role}] model: {w}")
-    if not problems and getattr(profile, "distilling_logits", False):
-        t = tokenizer_problem(profile)
+    if getattr(profile, "distilling_logits", False):
+        # The tokenizers are compared when every file is here; otherwise the configs' vocabulary
+        # sizes still tell two different tokenizers apart (not two of one size).
+        t = tokenizer_problem(profile) if not problems else vocabulary_problem(profile)
         if t:
             problems.append(t)
+    devices = [profile.devices.teacher, *profile.devices.coliseum]
+    if memory is None and any(d != "cpu" for d in devices):
+        from engine.memory import estimate
+
+        memory = estimate(profile)
+    if memory is not None:
+        problems.extend(memory.problems())
     if problems:
         source = getattr(profile, "source", "the profile")
         numbered = "; ".join(f"({i}) {p}" for i, p in enumerate(problems, 1))
@@ -230,6 +243,28 @@ def tokenizer_problem(profile: Any) -> str | None:
         "tokens), and logit distillation compares the two models token by token — use a teacher "
         'that shares the student\'s tokenizer, set [distill] mode = "sequence" (the students learn '
         'the teacher\'s generated answers, as text) or mode = "off"'
+    )
+
+
+def vocabulary_problem(profile: Any) -> str | None:
+    """Logit distillation between two models whose configs give vocabularies of different sizes
+    (more than padding explains): two tokenizers, found before any weight or tokenizer file is on
+    disk. Equal sizes tell nothing; the tokenizers themselves are compared when the run starts."""
+    from engine.memory import different_vocabularies, vocab_sizes
+
+    got = vocab_sizes(profile)
+    if got is None:
+        return None
+    sv, tv, s_where, t_where = got
+    if not different_vocabularies(sv, tv):
+        return None
+    return (
+        f'[distill] mode = "{profile.distill.mode}": the teacher {profile.teacher.model} has a '
+        f"vocabulary of {tv} tokens and the student {profile.student.model} one of {sv} (their "
+        f"configs: {t_where}, {s_where}) — two different tokenizers, and logit distillation "
+        "compares the two models token by token; use a teacher that shares the student's "
+        'tokenizer, set [distill] mode = "sequence" (the students learn the teacher\'s generated '
+        'answers, as text) or mode = "off"'
     )
 
 

@@ -165,6 +165,28 @@ class ModelSpec(BaseModel):
     trust_remote_code: bool = Field(
         False, description="allow Python code shipped with a hub model to run"
     )
+    config: Path | None = Field(
+        None,
+        description="a directory holding the model's config.json (or that file itself), read only "
+        "by --check's memory estimate and vocabulary check when the model's own config is not on "
+        "disk — a hub id not downloaded yet; the shipped assets/configs/ hold the rig profiles' "
+        "models (unset: the model's own config, when it is there)",
+    )
+
+    @field_validator("config", mode="before")
+    @classmethod
+    def _config(cls, v: Any, info: ValidationInfo) -> Any:
+        path = _resolve(v, info)
+        if isinstance(path, Path) and not (
+            path.is_file() or (path.is_dir() and (path / "config.json").is_file())
+        ):
+            what = "is a directory without a config.json in it" if path.is_dir() else "is missing"
+            raise _Problem(
+                f"the model config {path} {what} — give a directory holding the model's "
+                "config.json, or the config.json file (relative paths are resolved from the "
+                "profile's directory)"
+            )
+        return path
 
     @field_validator("model", mode="before")
     @classmethod
@@ -565,6 +587,13 @@ class DevicesConfig(BaseModel):
     threads_per_worker: int = Field(
         0, ge=0, le=256, description="CPU threads per worker (0 = auto: the cores shared out)"
     )
+    gpu_memory_gb: float | dict[str, float] | None = Field(
+        None,
+        description="the memory of the profile's GPUs in GB (2^30 bytes, as nvidia-smi counts), "
+        "for --check's memory estimate where the cards are not present — on another machine, or "
+        'under Ray: a number (every GPU) or a table such as {"cuda:0" = 32, "cuda:1" = 32}; a '
+        "card present here is measured instead (unset: cards that are not here get no verdict)",
+    )
 
     @field_validator("teacher")
     @classmethod
@@ -574,6 +603,43 @@ class DevicesConfig(BaseModel):
                 'is not a device name — expected "cpu", "cuda", "cuda:N" (N = 0, 1, …) or "mps"'
             )
         return v
+
+    @field_validator("gpu_memory_gb", mode="before")
+    @classmethod
+    def _gpu_memory(cls, v: Any) -> Any:
+        def gb(x: Any, what: str) -> float:
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise _Problem(f"{what} must be a number of GB, got {_got(x)}")
+            if not 0 < x <= 100_000:
+                raise _Problem(
+                    f"{what} must be greater than 0 and at most 100000 GB, got {_num(x)}"
+                )
+            return float(x)
+
+        if v is None:
+            return v
+        if isinstance(v, dict):
+            out = {}
+            for key, x in v.items():
+                if not re.match(r"^(cuda(:\d+)?|mps)$", str(key)):
+                    raise _Problem(
+                        f"the table's key {_fmt(key)} is not a GPU device name — expected "
+                        '"cuda:N" (N = 0, 1, …), "cuda" or "mps", each as a quoted key: '
+                        '{"cuda:0" = 32, "cuda:1" = 32}'
+                    )
+                out[str(key)] = gb(x, f'the memory of "{key}"')
+            return out
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return gb(v, "it")
+        hint = (
+            f" (write it without quotes: gpu_memory_gb = {v.strip()})"
+            if isinstance(v, str) and _is_number(v, "a number")
+            else ""
+        )
+        raise _Problem(
+            f'expected a number of GB (every GPU) or a table such as {{"cuda:0" = 32, "cuda:1" = '
+            f"32}}, got {_got(v)}{hint}"
+        )
 
     @field_validator("coliseum")
     @classmethod
@@ -1275,6 +1341,10 @@ def _unannotate(ann: Any) -> tuple[Any, list[Any]]:
 def _type_words(ann: Any) -> str:
     ann, _ = _unannotate(_strip_optional(ann))
     origin = typing.get_origin(ann)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_words(a) for a in typing.get_args(ann) if a is not type(None))
+    if origin is dict:
+        return f"a table of {_type_words(typing.get_args(ann)[1]).removeprefix('a ')}s"
     if origin is Literal:
         return "one of " + ", ".join(_fmt(a) for a in typing.get_args(ann))
     if origin is list:
@@ -1680,7 +1750,12 @@ def schema_help() -> str:
         "  [evolution] elitism must be less than [population] size; tournament_size at most [population] size.",
         "  load_in_4bit needs a cpu or cuda device (bitsandbytes does not serve mps).",
         '  [distill] mode = "logits" needs an enabled [teacher] whose tokenizer is the student\'s',
-        "  (checked when the run starts: a KL across two vocabularies is never computed).",
+        "  (checked when the run starts: a KL across two vocabularies is never computed; --check also",
+        "  compares the two configs' vocabulary sizes before any weight is downloaded).",
+        "  Memory: --check estimates every model's memory on its device from its config.json (the",
+        "  model's own, else [student]/[teacher] config) against the card — measured when it is here,",
+        "  else [devices] gpu_memory_gb — and a device that will not fit stops the run before it starts",
+        "  (for a run on CPUs only, --check alone looks).",
         "  A profile with [tts] is a TTS run (style evolution): it needs no [student] or [data], uses",
         "  [run], [evolution] (elitism below [tts] population) and [tts]; without [tts], [student] and",
         "  [data] are required.",

@@ -165,13 +165,19 @@ def _main(args: argparse.Namespace) -> int:
         profile = load_profile(args.profile)
     if profile.is_tts:
         _tts_preflight(profile)
+        if args.check:
+            print(_summary(profile))
     else:
         from engine.data import check_data
+        from engine.memory import estimate
 
         check_data(profile)
-        preflight(profile)
+        memory = estimate(profile)
+        if args.check:  # the estimate is shown even when the machine cannot run the profile
+            print(_summary(profile))
+            print("\n".join(memory.lines()), flush=True)
+        preflight(profile, memory=memory)
     if args.check:
-        print(_summary(profile))
         print("profile is valid and this machine can run it.")
         return 0
     if not args.headless:

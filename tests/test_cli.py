@@ -101,3 +101,83 @@ def test_attach_and_open_say_what_is_wrong_in_one_paragraph(tmp_path):
     for r in [cli("attach", str(tmp_path), "--headless"), cli("extra-arg")]:
         assert r.returncode == 2 and "Traceback" not in r.stderr
     assert not (tmp_path / "events.jsonl").exists()  # nothing written into the run directory
+
+
+# --- the memory estimate of --check (engine/memory.py) --------------------------------------------
+
+CONFIGS = ROOT / "assets" / "configs"
+
+
+def _seed_rig(tmp_path: Path, *, teacher_config: bool = True, extra: str = "") -> Path:
+    """The seed's first rig profile: Llama-3-70B-Instruct in 4-bit as the teacher on one 32 GB
+    card, BioMistral-7B on the other, with the shipped configs standing in for the weights."""
+    data = ROOT / "assets" / "data"
+    config = f'config = "{CONFIGS / "llama-3-70b-instruct"}"\n' if teacher_config else ""
+    p = tmp_path / "seed-rig.toml"
+    p.write_text(
+        '[run]\nname = "seed-rig"\noutput_dir = "runs"\n\n'
+        f'[student]\nmodel = "BioMistral/BioMistral-7B"\ndtype = "bfloat16"\n'
+        f'config = "{CONFIGS / "biomistral-7b"}"\n\n'
+        '[teacher]\nmodel = "meta-llama/Meta-Llama-3-70B-Instruct"\ndtype = "bfloat16"\n'
+        f'load_in_4bit = true\nquant_type = "nf4"\n{config}\n'
+        f'[data]\nformat = "alpaca"\ntrain = "{data / "domain_train.alpaca.jsonl"}"\n'
+        f'validation = "{data / "domain_val.alpaca.jsonl"}"\nmax_seq_len = 512\nbatch_size = 4\n'
+        "eval_batch_size = 8\n\n"
+        "[population]\nsize = 10\nranks = [8, 16, 32]\n\n"
+        '[devices]\nteacher = "cuda:0"\ncoliseum = ["cuda:1"]\ngpu_memory_gb = 32\n' + extra
+    )
+    return p
+
+
+def _no_gpu_here():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: its cards are measured, not the profile's")
+
+
+def test_check_says_a_70b_teacher_in_4bit_will_not_fit_one_32_gb_card(tmp_path):
+    _no_gpu_here()
+    r = cli("--profile", str(_seed_rig(tmp_path)), "--check")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    teacher_card = next(line for line in r.stdout.splitlines() if line.startswith("  cuda:0"))
+    assert "32 GB ([devices] gpu_memory_gb" in teacher_card
+    assert "will not fit — needs" in teacher_card and "has 32 GB" in teacher_card
+    assert 'teacher = "cpu"' in teacher_card and "a card of at least" in teacher_card
+    assert "teacher meta-llama/Meta-Llama-3-70B-Instruct:" in r.stdout and "in 4-bit" in r.stdout
+    student_card = next(line for line in r.stdout.splitlines() if line.startswith("  cuda:1"))
+    assert "fits" in student_card
+    # The stop: one paragraph naming the memory beside the missing GPUs and weights.
+    assert r.stderr.count("\n") == 1
+    assert "memory: the teacher meta-llama/Meta-Llama-3-70B-Instruct" in r.stderr
+    assert "will not fit on cuda:0" in r.stderr and "has 32 GB" in r.stderr
+
+
+def test_check_of_the_rig_profile_shows_both_cards_fit_even_here():
+    _no_gpu_here()
+    r = cli("--profile", "profiles/medical-dual-gpu.toml", "--check")
+    assert r.returncode == 2 and "Traceback" not in r.stderr  # no GPU, no weights here
+    cards = [line for line in r.stdout.splitlines() if line.startswith("  cuda:")]
+    assert len(cards) == 2, r.stdout
+    assert all("32 GB ([devices] gpu_memory_gb" in c and "fits — needs" in c for c in cards)
+    assert "teacher BioMistral/BioMistral-7B-DARE" in r.stdout
+    assert "after pruning 6 of 32 blocks" in r.stdout
+    assert r.stderr.count("\n") == 1 and "memory:" not in r.stderr
+    assert "vocabulary" not in r.stderr  # one tokenizer: logit distillation is valid
+
+
+def test_logit_distillation_across_two_vocabularies_is_found_from_the_configs(tmp_path):
+    r = cli(
+        "--profile", str(_seed_rig(tmp_path, extra='\n[distill]\nmode = "logits"\n')), "--check"
+    )
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert '[distill] mode = "logits"' in r.stderr
+    assert "vocabulary of 128256 tokens" in r.stderr and "one of 32000" in r.stderr
+    assert 'mode = "sequence"' in r.stderr
+
+
+def test_check_says_why_a_model_was_not_estimated(tmp_path):
+    r = cli("--profile", str(_seed_rig(tmp_path, teacher_config=False)), "--check")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "teacher meta-llama/Meta-Llama-3-70B-Instruct: estimate skipped" in r.stdout
+    assert "[teacher] config is not set" in r.stdout and "cannot tell" in r.stdout

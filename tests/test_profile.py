@@ -130,6 +130,47 @@ def test_absent_or_disabled_teacher_means_no_teacher(lab):
     assert parse_profile(p.to_toml(), source=p.source) == p
 
 
+def test_card_memory_and_model_config_for_the_estimate(lab):
+    (lab / "cfg").mkdir()
+    (lab / "cfg" / "config.json").write_text("{}")
+    text = BASE.replace('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = 32').replace(
+        'model = "./m/student"', 'model = "org/student"\nconfig = "cfg"'
+    )
+    p = load_profile(write(lab, text, "ok.toml"))
+    assert p.devices.gpu_memory_gb == 32.0 and p.student.config == lab / "cfg"
+    assert parse_profile(p.to_toml(), source=p.source) == p
+    table = text.replace("gpu_memory_gb = 32", 'gpu_memory_gb = { "cuda:0" = 32, "cuda:1" = 24.5 }')
+    p = load_profile(
+        write(lab, table.replace('config = "cfg"', 'config = "cfg/config.json"'), "t.toml")
+    )
+    assert p.devices.gpu_memory_gb == {"cuda:0": 32.0, "cuda:1": 24.5}
+    assert p.student.config == lab / "cfg" / "config.json"
+    assert parse_profile(p.to_toml(), source=p.source) == p
+
+
+@pytest.mark.parametrize(
+    "old,new,expect",
+    [
+        (
+            'coliseum = ["cpu"]',
+            'coliseum = ["cpu"]\ngpu_memory_gb = "32"',
+            "without quotes",
+        ),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = 0', "greater than 0"),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = [32]', "or a table"),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = { gpu0 = 32 }', '"gpu0"'),
+        ('coliseum = ["cpu"]', 'coliseum = ["cpu"]\ngpu_memory_gb = { "cuda:1" = -2 }', '"cuda:1"'),
+        ('model = "./m/teacher"', 'model = "./m/teacher"\nconfig = "nowhere"', "is missing"),
+        ('model = "./m/teacher"', 'model = "./m/teacher"\nconfig = "m"', "without a config.json"),
+    ],
+)
+def test_bad_card_memory_or_model_config(lab, old, new, expect):
+    text = BASE.replace(old, new)
+    msg = error(lab, text)
+    key = "gpu_memory_gb" if "gpu_memory_gb" in new else "config"
+    assert f"line {line_of(text, key)}" in msg and key in msg and expect in msg, msg
+
+
 def test_hub_ids_are_not_checked_for_existence(lab):
     text = BASE.replace("./m/student", "BioMistral/BioMistral-7B").replace("./m/teacher", "gpt2")
     p = load_profile(write(lab, text, "hub.toml"))
@@ -155,10 +196,14 @@ def _assets_copy(tmp_path: Path, name: str) -> Path:
     dst = tmp_path / "profiles" / name
     shutil.copy(PROFILES / name, dst)
     text = dst.read_text()
-    for rel in re.findall(r'^\s*(?:train|validation|model)\s*=\s*"(\.\./[^"]+)"', text, re.M):
+    for rel in re.findall(
+        r'^\s*(?:train|validation|model|config)\s*=\s*"(\.\./[^"]+)"', text, re.M
+    ):
         target = (dst.parent / rel).resolve()
         if "/models/" in rel:
             target.mkdir(parents=True, exist_ok=True)
+        elif "/configs/" in rel:  # the shipped config, which the memory estimate reads
+            shutil.copytree(PROFILES.parent / rel.removeprefix("../"), target, dirs_exist_ok=True)
         else:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text("x\n")
@@ -171,6 +216,7 @@ def _assets_copy(tmp_path: Path, name: str) -> Path:
         "demo.toml",
         "demo-ce-only.toml",
         "medical-dual-gpu.toml",
+        "medical-70b-teacher.toml",
         "tinyllama.toml",
         "ray-cluster.toml",
     ],
@@ -217,18 +263,24 @@ def test_shipped_profile_values(tmp_path):
     )
     assert tomllib.loads(same.to_toml()) == tomllib.loads(demo.to_toml())
 
+    # The seed's lab on its rig: a teacher with the student's tokenizer (logit KD is valid), a
+    # fifth of the student's blocks pruned first, 10-20 individuals of ranks 8/16/32, two 32 GB
+    # cards (tests/test_memory.py checks that it fits them).
     med = load_profile(_assets_copy(tmp_path, "medical-dual-gpu.toml"))
     assert med.student.model == "BioMistral/BioMistral-7B" and med.student.dtype == "bfloat16"
     t = med.teacher
-    assert t is not None and t.model == "meta-llama/Meta-Llama-3-70B-Instruct"
-    assert (t.load_in_4bit, t.quant_type, t.compute_dtype) == (True, "nf4", "bfloat16")
+    assert t is not None and t.model == "BioMistral/BioMistral-7B-DARE"
+    assert med.student.config == t.config == tmp_path / "assets" / "configs" / "biomistral-7b"
     assert (med.devices.teacher, med.devices.coliseum) == ("cuda:0", ["cuda:1"])
-    assert (med.population.size, med.population.ranks, med.evolution.generations) == (
-        10,
-        [8, 16, 32],
-        5,
-    )
+    assert med.devices.gpu_memory_gb == {"cuda:0": 32.0, "cuda:1": 32.0}
+    assert 10 <= med.population.size <= 20 and med.population.ranks == [8, 16, 32]
+    assert (med.distill.mode, med.prune.layers, med.run.seed) == ("logits", 0.2, 0)
     assert (med.data.format, med.data.max_seq_len) == ("alpaca", 512)
+    # The 70B teacher: another tokenizer, so sequence-level KD; too big for one card, so the CPU.
+    big = load_profile(_assets_copy(tmp_path, "medical-70b-teacher.toml"))
+    assert big.teacher.model == "meta-llama/Meta-Llama-3-70B-Instruct" and big.teacher.load_in_4bit
+    assert (big.distill.mode, big.devices.teacher) == ("sequence", "cpu")
+    assert big.devices.coliseum == ["cuda:0", "cuda:1"]
 
     tiny = load_profile(_assets_copy(tmp_path, "tinyllama.toml"))
     assert tiny.student.model == "TinyLlama/TinyLlama-1.1B-Chat-v1.0"

@@ -244,8 +244,12 @@ class Coliseum:
                                 logp.to(self.device),
                                 top.to(self.device),
                             )
+                        # No KV cache: nothing is generated, and a cache of every block's keys
+                        # and values would sit beside the logits (engine/memory.py counts none).
                         logits = self.model(
-                            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                            input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"],
+                            use_cache=False,
                         ).logits
                         loss, t = loss_fn(logits, batch)
                         (loss * share).backward()
@@ -315,6 +319,7 @@ class Coliseum:
                             input_ids=ids.repeat(k, 1),
                             attention_mask=mask.repeat(k, 1),
                             adapter_names=[nm for nm in chunk for _ in range(rows)],
+                            use_cache=False,
                         ).logits
                         s, c = token_losses(logits, labels.repeat(k, 1))
                         sums[g0 : g0 + k] += s.view(k, rows).sum(1).double().cpu()

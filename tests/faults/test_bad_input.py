@@ -154,6 +154,32 @@ CASES = [
         "missing model directory", profile_with(student__model="/nonexistent/student"), ("student",)
     ),
     Case(
+        "model config for the estimate missing",
+        profile_with(student__config="/nonexistent/config"),
+        ("[student] config", "/nonexistent/config", "is missing"),
+    ),
+    Case(
+        "card memory given as words",
+        profile_with(devices__gpu_memory_gb="lots"),
+        ("[devices] gpu_memory_gb", "a number of GB"),
+    ),
+    Case(
+        "card memory table keyed by something else than a GPU",
+        profile_text(
+            as_bytes(
+                lambda t: t.replace(
+                    "threads_per_worker = 1", "threads_per_worker = 1\ngpu_memory_gb = { gpu0 = 8 }"
+                )
+            )
+        ),
+        ("gpu_memory_gb", '"gpu0"', "cuda:N"),
+    ),
+    Case(
+        "a student that will not fit its card",
+        profile_with(devices__coliseum=["cuda:0"], devices__gpu_memory_gb=0.5),
+        ("memory:", "will not fit on cuda:0", "has 0.5 GB", "gpu_memory_gb"),
+    ),
+    Case(
         "LoRA target the model lacks",
         profile_with(population__target_modules=["q_proj", "qkv_proj"]),
         ("target_modules", "qkv_proj", "v_proj"),
