@@ -112,6 +112,7 @@ def main() -> None:
         base = {
             "population__size": args.size,
             "evolution__generations": args.generations,
+            "evolution__sizes": None,
             "training__steps_per_generation": args.steps,
             "data__max_train_examples": args.rows,
             "prune__layers": 0.0,

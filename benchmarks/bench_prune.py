@@ -57,6 +57,7 @@ def main() -> None:
         prune__importance=args.importance,
         population__size=args.size,
         evolution__generations=args.generations,
+        evolution__sizes=None,
         training__steps_per_generation=args.steps,
     )
     path = out / "prune.toml"

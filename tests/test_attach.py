@@ -315,6 +315,7 @@ async def test_the_real_engine_on_the_demo_profile_pause_promote_detach_attach(t
             population__size=4,
             evolution__elitism=1,
             evolution__generations=2,
+            evolution__sizes=None,
             training__steps_per_generation=16,
             data__max_val_examples=32,
         )

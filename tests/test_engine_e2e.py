@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 from conftest import ROOT, board, cli, events, only_run
@@ -73,7 +74,8 @@ def test_demo_two_generations_improves_on_generation_zero_and_the_untrained_stud
     from engine.profile import load_profile
 
     text = load_profile(DEMO).to_toml()
-    text = text.replace("generations = 4", "generations = 2")
+    text = text.replace("generations = 10", "generations = 2")
+    text = re.sub(r"sizes = \[[0-9, ]*\]", "sizes = [8, 4]", text)
     # two single-threaded coliseums: on CI's 2 cores a generation takes ~0.6 of one 2-thread
     # worker's time (docs/SCALING.md), and the population is the same
     text = text.replace(
@@ -81,7 +83,7 @@ def test_demo_two_generations_improves_on_generation_zero_and_the_untrained_stud
         'coliseum = ["cpu", "cpu"]\nthreads_per_worker = 1',
     )
     text = text.replace(f'output_dir = "{ROOT / "runs"}"', f'output_dir = "{tmp_path / "runs"}"')
-    assert "generations = 2" in text and str(tmp_path) in text and '["cpu", "cpu"]' in text
+    assert "generations = 2" in text and "sizes = [8, 4]" in text and str(tmp_path) in text and '["cpu", "cpu"]' in text
     prof = tmp_path / "demo2.toml"
     prof.write_text(text)
     r = cli("--profile", str(prof), "--headless")

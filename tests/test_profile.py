@@ -232,13 +232,17 @@ def test_shipped_profile_values(tmp_path):
     assert (demo.population.size, demo.population.ranks, demo.evolution.generations) == (
         8,
         [4, 8, 16],
-        4,
+        10,
     )
     assert (demo.evolution.elitism, demo.evolution.tournament_size, demo.evolution.crossover) == (
         2,
-        3,
+        2,
         "slerp",
     )
+    # the budget the compute-matched fine-tune gets (docs/BENCHMARKS.md)
+    assert demo.planned_train_steps() == 780
+    assert demo.evolution.continue_elites and demo.evolution.soup == 6
+    assert demo.population.learning_rate_spread == 4.0
     assert (demo.training.steps_per_generation, demo.training.learning_rate) == (30, 2e-3)
     assert (
         demo.data.format,
@@ -247,7 +251,7 @@ def test_shipped_profile_values(tmp_path):
         demo.data.max_val_examples,
     ) == ("text", 8, 128, 128)
     assert (demo.devices.teacher, demo.devices.coliseum) == ("cpu", ["cpu"])
-    assert "generations = 4" in demo.to_toml()
+    assert "generations = 10" in demo.to_toml()
     assert demo.data.max_train_examples == 64
     assert demo.population.target_modules == ["q_proj", "v_proj", "o_proj", "down_proj"]
     assert (demo.distill.mode, demo.distill.temperature, demo.distill.alpha) == ("logits", 2.0, 0.5)
