@@ -122,7 +122,10 @@ class Orchestrator(RunControl):
             ind.paused = cmd.paused
             if cmd.paused:
                 ind.status = "paused"
+                if ind.paused_at is None:  # pausing a paused one again keeps the first generation
+                    ind.paused_at = max(self.generation, ind.generation)
             else:
+                ind.paused_at = None
                 ind.status = (
                     "evaluated"
                     if ind.fitness is not None
@@ -568,6 +571,26 @@ class Orchestrator(RunControl):
         self.publish(Exported(ind.id, done.path, done.val_loss))
         return Path(done.path)
 
+    def _paused_to_the_end(self) -> None:
+        """A completed run says which individuals the operator paused and never resumed: they
+        kept their places in silence, outside training, scoring and selection."""
+        for ind in self.population:
+            if not ind.paused:
+                continue
+            when = f" at generation {ind.paused_at}" if ind.paused_at is not None else ""
+            had = (
+                f"its validation loss {ind.val_loss:.4f} is from before the pause"
+                if ind.val_loss is not None
+                else "it has no score"
+            )
+            self.publish(
+                Log(
+                    "warning",
+                    f"{ind.id} was paused{when} and never resumed: it was not trained, scored "
+                    f"or selected after that ({had}); the leaderboard lists it as paused",
+                )
+            )
+
     # --- state ----------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
@@ -718,6 +741,8 @@ class Orchestrator(RunControl):
         champion_dir = None
         try:
             scored = [i for i in self.population if i.fitness is not None]
+            if status == "completed":
+                self._paused_to_the_end()
             if status == "completed" and scored:
                 self.champion = genetics.ranked(scored)[0]
                 path = await self._export(self.champion, self.run_dir.path / "champion")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+
 import pytest
 
 from engine import events as ev
@@ -63,8 +65,21 @@ async def test_paused_individual_is_skipped_kept_and_promoted_one_survives(tiny_
     )  # never trained, kept its place
     assert state["promoted"] in ids  # survived selection though it was the worst
     assert ids[state["promoted"]].status == "promoted"
-    acks = [e for e in orch.run_dir.read_events() if isinstance(e, ev.CommandAck)]
+    logged = orch.run_dir.read_events()
+    acks = [e for e in logged if isinstance(e, ev.CommandAck)]
     assert [a.command["kind"] for a in acks] == ["pause_individual", "promote"]
+    # it kept its place to the end, and the run says so: a warning, and the leaderboard
+    warnings = [e.message for e in logged if isinstance(e, ev.Log) and e.level == "warning"]
+    assert (
+        f"{paused.id} was paused at generation 0 and never resumed: it was not trained, scored "
+        "or selected after that (it has no score)" in " ".join(warnings)
+    )
+    with open(orch.run_dir.path / "leaderboard.csv") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert rows[paused.id]["status"] == "paused"
+    assert [e for e in logged if isinstance(e, ev.IndividualUpdate) and e.id == paused.id][
+        -1
+    ].status == "paused"  # what the TUI's leaderboard shows
 
 
 async def test_cull_and_unknown_ids_are_acknowledged(tiny_profile):
