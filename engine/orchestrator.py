@@ -86,6 +86,8 @@ class Orchestrator(RunControl):
         self.kd_shared: Any = None  # … or, under Ray, its bytes in the object store
         self.answers_path: str | None = None  # the teacher's answers (sequence distillation)
         self.answers_shared: Any = None  # … and, under Ray, their bytes in the object store
+        self.unpruned_student: Any = None  # the profile's student, when pruning replaces it
+        self.merged_dir: str | None = None  # the champion merged into its base (--merge)
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -550,26 +552,104 @@ class Orchestrator(RunControl):
         )
 
     async def _export(self, ind: Individual, out_dir: Path) -> Path | None:
-        """The individual's adapter as a PEFT directory plus a mergekit recipe (in the coliseum)."""
+        """The individual's adapter as a PEFT directory plus a mergekit recipe, its lineage.json
+        and model card (in the coliseum; the champion merged into the base too, with --merge)."""
+        from engine.export import recipe_ref
+
         assert self.pool is not None and ind.tensors is not None
         blob = _to_bytes(ind.tensors)
+        merge = self.merge_champion and out_dir.name == "champion"
+        student = self.profile.student
+        base_ref = recipe_ref(student.model, out_dir, self.run_dir.path, student.revision)
+        # the population as it is now (commands may change it while the thread reads checkpoints)
+        current = {i.id: i.to_state() for i in self.population}
+        files = await asyncio.to_thread(
+            self._describe, ind.to_state(), current, out_dir, base_ref, merge
+        )
         try:
             done: m.ExportDone = await self.pool.run(
                 "coliseum",
                 lambda job: m.ExportTask(
-                    job,
-                    ind.id,
-                    ind.genome.to_dict(),
-                    blob,
-                    str(out_dir),
-                    self.merge_champion and out_dir.name == "champion",
+                    job, ind.id, ind.genome.to_dict(), blob, str(out_dir), merge, base_ref, files
                 ),
             )
         except JobError as exc:
             self.publish(Log("error", f"export of {ind.id} failed: {exc.reason}"))
             return None
-        self.publish(Exported(ind.id, done.path, done.val_loss))
+        self.publish(Exported(ind.id, done.path, done.val_loss, done.merged))
+        if done.merged and out_dir.name == "champion":
+            self.merged_dir = done.merged
         return Path(done.path)
+
+    def _describe(
+        self,
+        ind: dict[str, Any],
+        current: dict[str, dict[str, Any]],
+        out_dir: Path,
+        base_ref: str,
+        merged: bool,
+    ) -> dict[str, str]:
+        """lineage.json and README.md (the model card) of an export of individual ``ind`` (its
+        state); its ancestors are found in ``current`` (the population) and the checkpoints."""
+        import hashlib
+        import json
+
+        from engine.export import MERGE_COMMAND
+        from engine.lineage import lineage, model_card
+
+        prof = self.profile
+        known = {**self.run_dir.individual_records(), **current}
+        try:
+            digest = hashlib.sha256(self.run_dir.profile_path.read_bytes()).hexdigest()
+        except OSError:
+            digest = ""
+        student, original = prof.student, self.unpruned_student
+        hub = None if Path(student.model).is_absolute() else student.model  # local: resolved
+        teacher = prof.teacher
+        doc = lineage(
+            ind,
+            known,
+            role="champion" if out_dir.name == "champion" else "export",
+            run={
+                "name": prof.run.name,
+                "dir": str(self.run_dir.path),
+                "profile": str(self.run_dir.profile_path),
+                "profile_sha256": digest,
+                "profile_source": str(prof.source),
+                "seed": prof.run.seed,
+                "generations": prof.evolution.generations,
+                "generation": self.generation,
+            },
+            base_model={
+                "model": student.model,
+                "revision": student.revision,
+                "hub_id": hub,
+                "in_recipe": base_ref,
+                "dtype": student.dtype,
+                "pruned_from": (
+                    {"model": original.model, "revision": original.revision}
+                    if original is not None and original.model != student.model
+                    else None
+                ),
+            },
+            teacher=(
+                {"model": teacher.model, "revision": teacher.revision, "distill": prof.distill.mode}
+                if teacher is not None and teacher.enabled
+                else None
+            ),
+            data={
+                "format": prof.data.format,
+                "train": str(prof.data.train),
+                "validation": str(prof.data.validation),
+            },
+            references={
+                "untrained_student_val_loss": self.student_loss,
+                "teacher_val_loss": self.teacher_loss,
+            },
+            merge_command=MERGE_COMMAND,
+            merged=merged,
+        )
+        return {"lineage.json": json.dumps(doc, indent=1) + "\n", "README.md": model_card(doc)}
 
     def _paused_to_the_end(self) -> None:
         """A completed run says which individuals the operator paused and never resumed: they
@@ -672,6 +752,7 @@ class Orchestrator(RunControl):
         self._begin(prof.population.size, resume, prof.remote_code)
         if prof.prune.active:
             try:
+                self.unpruned_student = prof.student
                 prof = self.profile = await self._prune()
             except Exception as exc:  # a model that cannot be pruned: say why, start nothing
                 from engine.workers.common import describe
@@ -756,6 +837,7 @@ class Orchestrator(RunControl):
             champ.fitness if champ else None,
             champion_dir,
             reason,
+            self.merged_dir,
         )
         self.publish(finished)
         self.run_dir.close()

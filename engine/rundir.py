@@ -6,8 +6,9 @@
         state.json               population (genomes, scores, lineage) and the RNG state
         adapters/<id>.safetensors  each individual's LoRA tensors (PEFT key format)
     <run>/leaderboard.csv      the latest leaderboard
-    <run>/champion/            the champion's PEFT adapter and mergekit recipe
-    <run>/exports/<id>/        adapters exported on request
+    <run>/champion/            the champion's PEFT adapter, mergekit recipe (paths relative to
+                               it), lineage.json and model card README.md
+    <run>/exports/<id>/        adapters exported on request, laid out the same way
 
 Every file is written to a temporary name and renamed into place, so a crash (or a full disk)
 never leaves a half-written file where a complete one was.
@@ -98,10 +99,6 @@ class RunDir:
     @property
     def profile_path(self) -> Path:
         return self.path / "profile.toml"
-
-    @property
-    def events_path(self) -> Path:
-        return self.path / "events.jsonl"
 
     # --- event log ------------------------------------------------------------------------------
 
@@ -242,6 +239,21 @@ class RunDir:
         if errors:
             raise RunDirError(" ".join(errors) + " No complete generation is left to resume from.")
         return None
+
+    def individual_records(self) -> dict[str, dict[str, Any]]:
+        """Every individual any checkpoint holds (id -> its state, the newest generation's copy),
+        for lineage; a checkpoint that does not read back is passed over."""
+        records: dict[str, dict[str, Any]] = {}
+        for gen in self.checkpoints():
+            try:
+                state = json.loads((self.checkpoint_path(gen) / "state.json").read_text("utf-8"))
+                population = state["population"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            for ind in population if isinstance(population, list) else []:
+                if isinstance(ind, dict) and "id" in ind:
+                    records[ind["id"]] = ind
+        return records
 
     # --- leaderboard ----------------------------------------------------------------------------
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import cli, only_run
+from conftest import cli, events, only_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,8 +81,26 @@ def test_merge_flag_writes_a_merged_champion_that_transformers_loads(tiny_profil
     r = cli("--profile", str(tiny_profile(evolution__generations=1)), "--headless", "--merge")
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
-    merged = AutoModelForCausalLM.from_pretrained(run / "champion" / "merged", dtype=torch.float32)
+    merged_dir = run / "champion" / "merged"
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     assert merged.config.num_hidden_layers == 2
+    # the run says where the merged model went and what it is, as it happens and at the end
+    out = "".join(r.stdout.split())  # rich wraps long lines, paths included
+
+    def said(text: str) -> bool:
+        return "".join(text.split()) in out
+
+    assert said(f"into its base → {merged_dir}: a plain transformers checkpoint")
+    assert said(f"champion merged into its base: {merged_dir}")
+    (exported,) = [e for e in events(run) if e["kind"] == "exported"]
+    assert exported["merged"] == str(merged_dir)
+    assert events(run)[-1]["merged_dir"] == str(merged_dir)
+    lineage = json.loads((run / "champion" / "lineage.json").read_text())
+    assert lineage["merge"]["merged"] == "merged"
+    assert (
+        "`genesis-tui --merge` already wrote `merged/` here"
+        in (run / "champion" / "README.md").read_text()
+    )
 
 
 # Reproduces, on any CPU, what bitsandbytes does on one with AVX512-BF16 and no network: as it is
