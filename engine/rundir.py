@@ -100,6 +100,57 @@ class RunDir:
     def profile_path(self) -> Path:
         return self.path / "profile.toml"
 
+    def started_at(self) -> Path | None:
+        """Where this run directory was when the run started (its first ``run_started`` event),
+        or None before that event exists."""
+        try:
+            with open(self.events_path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        data = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(data, dict) and data.get("kind") == "run_started":
+                        return Path(data["run_dir"]) if data.get("run_dir") else None
+        except OSError:
+            return None
+        return None
+
+    def load_profile(self) -> tuple[Any, list[str]]:
+        """The run's profile, its paths re-resolved when the directory was copied or moved since
+        the run started (``engine.profile.relocate_run_profile``), and what was re-resolved.
+
+        Raises ProfileError (one paragraph) when the profile does not validate."""
+        from engine.errors import ProfileError
+        from engine.profile import load_profile, parse_profile, relocate_run_profile
+
+        started = self.started_at()
+        if started is None:
+            return load_profile(self.profile_path), []
+        try:
+            text = self.profile_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return load_profile(self.profile_path), []  # which says what is wrong with it
+        text, changes = relocate_run_profile(text, started, self.path)
+        if not changes:
+            return load_profile(self.profile_path), []
+        try:
+            profile = parse_profile(text, source=self.profile_path)
+        except ProfileError as exc:
+            raise ProfileError(
+                f"{exc.message} (This run directory started at {started} and is now at "
+                f"{self.path}; these paths were re-resolved from here: {'; '.join(changes)}.)"
+            ) from None
+        note = (
+            f"this run directory started at {started} and is now at {self.path}: its profile's "
+            f"paths are re-resolved from here — {'; '.join(changes)}"
+        )
+        return profile, [note]
+
+    @property
+    def events_path(self) -> Path:
+        return self.path / "events.jsonl"
+
     # --- event log ------------------------------------------------------------------------------
 
     def append_event(self, event: Event) -> None:

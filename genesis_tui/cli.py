@@ -119,9 +119,9 @@ def _main(args: argparse.Namespace) -> int:
                 f"{run.path}: an engine is already running this run; attach to it with: "
                 f"genesis-tui attach {run.path}"
             )
-        profile = load_profile(run.profile_path)
+        profile, relocated = run.load_profile()  # a copied or moved run reads from where it is
     else:
-        profile = load_profile(args.profile)
+        profile, relocated = load_profile(args.profile), []
     if profile.is_tts:
         _tts_preflight(profile)
     else:
@@ -152,12 +152,13 @@ def _main(args: argparse.Namespace) -> int:
     if profile.is_tts:  # the TTS track: style evolution
         from engine.tts.orchestrator import StyleOrchestrator
 
-        return run_headless(StyleOrchestrator(profile, run), resume=bool(args.resume))
-    from engine.orchestrator import Orchestrator
+        orch = StyleOrchestrator(profile, run)
+    else:
+        from engine.orchestrator import Orchestrator
 
-    return run_headless(
-        Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
-    )
+        orch = Orchestrator(profile, run, merge_champion=args.merge)
+    orch.start_notes = relocated
+    return run_headless(orch, resume=bool(args.resume))
 
 
 def _tts_preflight(profile) -> None:
