@@ -75,6 +75,7 @@ class RunFinished(Event):
     champion_fitness: float | None = None
     export_dir: str | None = None
     reason: str = ""
+    merged_dir: str | None = None  # the champion merged into its base (--merge)
 
 
 @dataclass(frozen=True)
@@ -232,10 +233,14 @@ class CheckpointWritten(Event):
 
 @dataclass(frozen=True)
 class Exported(Event):
+    """An adapter exported into ``path`` (PEFT adapter, merge.yaml, lineage.json, README.md);
+    ``merged``: where it was also merged into its base (a plain transformers checkpoint)."""
+
     kind: ClassVar[str] = "exported"
     id: str
     path: str
     val_loss: float | None = None
+    merged: str | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@
 - :func:`write_mergekit_recipe` writes a mergekit YAML that folds the adapter into the base:
   one input, the ``base+adapter`` model reference (mergekit merges a LoRA into its base with
   ``PeftModel.from_pretrained(...).merge_and_unload()`` when it loads such a reference), and
-  ``merge_method: passthrough``.
+  ``merge_method: passthrough``. In an export the adapter is ``.`` and a base inside the run
+  directory a relative path (:func:`recipe_ref`), so a copied run directory merges as it is:
+  :data:`MERGE_COMMAND`, run from the export directory.
 - :func:`merge_with_mergekit` runs such a recipe through mergekit's Python API, offline.
 """
 
@@ -27,7 +29,13 @@ from engine.genomes.lora import LoraTensors, modules
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["export_peft_adapter", "write_mergekit_recipe", "merge_with_mergekit"]
+__all__ = [
+    "MERGE_COMMAND",
+    "export_peft_adapter",
+    "merge_with_mergekit",
+    "recipe_ref",
+    "write_mergekit_recipe",
+]
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
@@ -155,44 +163,142 @@ def export_peft_adapter(
     return out_dir
 
 
+MERGE_COMMAND = "mergekit-yaml merge.yaml merged --lora-merge-cache .lora-cache"
+"""How an exported recipe is run: from the export directory (its paths are relative to it).
+
+mergekit 0.1.5 folds a LoRA into its base only with a cache directory for the folded copy
+(``RuntimeError: Need to specify cache dir to merge adapters`` without one); ``.lora-cache`` holds
+a full copy of the merged weights and can be deleted afterwards."""
+
+
+def recipe_ref(
+    model: str | Path, recipe_dir: Path, run_dir: Path | None, revision: str | None = None
+) -> str:
+    """How a recipe in ``recipe_dir`` names ``model``: a local path inside ``run_dir`` relative to
+    ``recipe_dir`` (a copied or moved run directory keeps working), any other local path
+    absolute, a hub id as given (``id@revision`` when a revision is pinned)."""
+    path = Path(model).expanduser()
+    if not (path.is_absolute() or path.exists()):
+        return f"{model}@{revision}" if revision else str(model)
+    path = path.resolve()
+    if run_dir is not None and path.is_relative_to(Path(run_dir).resolve()):
+        return os.path.relpath(path, Path(recipe_dir).resolve())
+    return str(path)
+
+
+def _model_ref(path: str, lora: str | None = None) -> object:
+    """A mergekit model reference: the short ``model+lora`` string, or the structured form when a
+    path holds a character mergekit's string form splits on (``+``, ``@``)."""
+    if not any(c in p for p in (path, lora or "") for c in "+@"):
+        return f"{path}+{lora}" if lora else path
+    ref: dict[str, object] = {"model": {"path": path}}
+    if lora:
+        ref["lora"] = {"path": lora}
+    return ref
+
+
 def write_mergekit_recipe(
-    base_model_path: str, adapter_dir: Path, out_yaml: Path, dtype: str = "float32"
+    base_model_path: str,
+    adapter_dir: Path,
+    out_yaml: Path,
+    dtype: str = "float32",
+    *,
+    base_ref: str | None = None,
 ) -> Path:
     """Write (atomically) a mergekit recipe that merges ``adapter_dir`` into ``base_model_path``.
 
-    mergekit 0.1.5 parses a model reference ``"<model>+<lora>"`` into
-    ``ModelReference(model=..., lora=...)``; the structured form is written instead when a path
-    itself contains a ``+``. ``passthrough`` takes exactly one input and copies it.
+    The adapter is named relative to the recipe's directory when it lies there (``.`` for the
+    recipe beside the adapter, as in an export), absolutely otherwise; the base by ``base_ref``
+    verbatim when given (the caller's :func:`recipe_ref`, relative to where the recipe will end
+    up), else as an absolute local path or a hub id. mergekit resolves relative paths against the
+    working directory, so a recipe with relative paths is run from its own directory
+    (:data:`MERGE_COMMAND`, also written at the top of the file); :func:`merge_with_mergekit`
+    resolves them against the recipe's directory itself. ``passthrough`` takes exactly one input
+    and copies it.
     """
-    base = (
-        str(Path(base_model_path).resolve())
-        if Path(base_model_path).exists()
-        else str(base_model_path)
-    )
-    adapter = str(Path(adapter_dir).resolve())
-    if "+" in base or "+" in adapter:
-        ref: object = {"model": {"path": base}, "lora": {"path": adapter}}
-    else:
-        ref = f"{base}+{adapter}"
+    out_yaml = Path(out_yaml)
+    here = out_yaml.parent.resolve()
+    adapter = Path(adapter_dir).resolve()
+    lora = os.path.relpath(adapter, here) if adapter.is_relative_to(here) else str(adapter)
+    base = base_ref if base_ref is not None else recipe_ref(base_model_path, here, None)
     recipe = {
         "merge_method": "passthrough",
         "dtype": dtype,
-        "models": [{"model": ref}],
+        "models": [{"model": _model_ref(base, lora)}],
     }
     # Validate with mergekit before writing, so a bad recipe never lands on disk.
     from mergekit.config import MergeConfiguration
 
     MergeConfiguration.model_validate(recipe)
-    out_yaml = Path(out_yaml)
-    _atomic_write_text(out_yaml, yaml.safe_dump(recipe, sort_keys=False))
+    relative = not (Path(base).is_absolute() and Path(lora).is_absolute())
+    header = (
+        "# mergekit recipe: folds the LoRA adapter into its base model (merge_method passthrough).\n"
+        + (
+            "# Its paths are relative to this directory: run it from here, e.g.\n"
+            if relative
+            else "# Run it with, e.g.\n"
+        )
+        + f"#   {MERGE_COMMAND}\n"
+    )
+    _atomic_write_text(out_yaml, header + yaml.safe_dump(recipe, sort_keys=False))
     return out_yaml
+
+
+def _rebased(ref: object, base_dir: Path) -> object:
+    """A recipe's model reference with its relative local paths made absolute from ``base_dir``."""
+    from mergekit.common import ModelReference
+
+    parsed = ModelReference.model_validate(ref)
+    parts: dict[str, object] = {}
+    for key in ("model", "lora"):
+        mp = getattr(parsed, key)
+        if mp is None:
+            continue
+        path = mp.path
+        if not Path(path).is_absolute() and (base_dir / path).exists():
+            path = str((base_dir / path).resolve())
+        parts[key] = {"path": path, **({"revision": mp.revision} if mp.revision else {})}
+    if parsed.override_architecture:
+        parts["override_architecture"] = parsed.override_architecture
+    return parts
+
+
+def _rebase_recipe(raw: dict, base_dir: Path) -> dict:
+    """``base_model``, ``models[].model`` and ``slices[].sources[].model`` rebased."""
+    raw = dict(raw)
+    if raw.get("base_model") is not None:
+        raw["base_model"] = _rebased(raw["base_model"], base_dir)
+    if isinstance(raw.get("models"), list):
+        raw["models"] = [
+            {**m, "model": _rebased(m["model"], base_dir)}
+            if isinstance(m, dict) and "model" in m
+            else m
+            for m in raw["models"]
+        ]
+    if isinstance(raw.get("slices"), list):
+        raw["slices"] = [
+            {
+                **s,
+                "sources": [
+                    {**src, "model": _rebased(src["model"], base_dir)}
+                    if isinstance(src, dict) and "model" in src
+                    else src
+                    for src in s.get("sources", [])
+                ],
+            }
+            if isinstance(s, dict)
+            else s
+            for s in raw["slices"]
+        ]
+    return raw
 
 
 def merge_with_mergekit(recipe_yaml: Path, out_dir: Path, *, cuda: bool = False) -> Path:
     """Run a mergekit recipe with mergekit's Python API into ``out_dir`` (written atomically).
 
     Offline and local only: every model and LoRA path in the recipe must be an existing local
-    directory (nothing is fetched from a hub). The LoRA is folded in inside a private temp
+    directory (nothing is fetched from a hub); relative ones are taken from the recipe's own
+    directory, as :data:`MERGE_COMMAND` run there takes them. The LoRA is folded in inside a private temp
     cache, and mergekit's process-wide loader cache is cleared of this recipe's models
     afterwards, so a later merge of changed files at the same paths never sees stale weights.
     """
@@ -202,7 +308,8 @@ def merge_with_mergekit(recipe_yaml: Path, out_dir: Path, *, cuda: bool = False)
     from mergekit.options import MergeOptions
 
     recipe_yaml = Path(recipe_yaml)
-    config = MergeConfiguration.model_validate(yaml.safe_load(recipe_yaml.read_text("utf-8")))
+    raw = yaml.safe_load(recipe_yaml.read_text("utf-8"))
+    config = MergeConfiguration.model_validate(_rebase_recipe(raw, recipe_yaml.parent.resolve()))
     refs = config.referenced_models()
     for ref in refs:
         for mp in (ref.model, ref.lora):
@@ -225,7 +332,7 @@ def merge_with_mergekit(recipe_yaml: Path, out_dir: Path, *, cuda: bool = False)
         )
         try:
             with _staging_dir(out_dir) as tmp:
-                run_merge(config, str(tmp), options=options, config_source=recipe_yaml.read_text())
+                run_merge(config, str(tmp), options=options)
         finally:
             cache = LoaderCache()
             for ref in refs:

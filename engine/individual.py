@@ -51,6 +51,7 @@ class Individual:
     perplexity: float | None = None
     loss_history: list[float] = field(default_factory=list)
     paused: bool = False
+    paused_at: int | None = None  # the generation the operator paused it in (while paused)
     promoted: bool = False
     reason: str = ""
     # Optimizer steps in this adapter's weights: its own and, for a copy, its parent's before it

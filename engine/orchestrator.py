@@ -107,6 +107,8 @@ class Orchestrator(RunControl):
     def _count(self, key: str, n: int) -> None:
         self.compute[key] += n
         self._gen_compute[key] += n
+        self.unpruned_student: Any = None  # the profile's student, when pruning replaces it
+        self.merged_dir: str | None = None  # the champion merged into its base (--merge)
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -143,7 +145,10 @@ class Orchestrator(RunControl):
             ind.paused = cmd.paused
             if cmd.paused:
                 ind.status = "paused"
+                if ind.paused_at is None:  # pausing a paused one again keeps the first generation
+                    ind.paused_at = max(self.generation, ind.generation)
             else:
+                ind.paused_at = None
                 ind.status = (
                     "evaluated"
                     if ind.fitness is not None
@@ -699,25 +704,33 @@ class Orchestrator(RunControl):
         )
 
     async def _export(self, ind: Individual, out_dir: Path) -> Path | None:
-        """The individual's adapter as a PEFT directory plus a mergekit recipe (in the coliseum)."""
+        """The individual's adapter as a PEFT directory plus a mergekit recipe, its lineage.json
+        and model card (in the coliseum; the champion merged into the base too, with --merge)."""
+        from engine.export import recipe_ref
+
         assert self.pool is not None and ind.tensors is not None
         blob = _to_bytes(ind.tensors)
+        merge = self.merge_champion and out_dir.name == "champion"
+        student = self.profile.student
+        base_ref = recipe_ref(student.model, out_dir, self.run_dir.path, student.revision)
+        # the population as it is now (commands may change it while the thread reads checkpoints)
+        current = {i.id: i.to_state() for i in self.population}
+        files = await asyncio.to_thread(
+            self._describe, ind.to_state(), current, out_dir, base_ref, merge
+        )
         try:
             done: m.ExportDone = await self.pool.run(
                 "coliseum",
                 lambda job: m.ExportTask(
-                    job,
-                    ind.id,
-                    ind.genome.to_dict(),
-                    blob,
-                    str(out_dir),
-                    self.merge_champion and out_dir.name == "champion",
+                    job, ind.id, ind.genome.to_dict(), blob, str(out_dir), merge, base_ref, files
                 ),
             )
         except JobError as exc:
             self.publish(Log("error", f"export of {ind.id} failed: {exc.reason}"))
             return None
-        self.publish(Exported(ind.id, done.path, done.val_loss))
+        self.publish(Exported(ind.id, done.path, done.val_loss, done.merged))
+        if done.merged and out_dir.name == "champion":
+            self.merged_dir = done.merged
         return Path(done.path)
 
     async def _test_report(self, champ: Individual, with_teacher: bool) -> None:
@@ -856,6 +869,96 @@ class Orchestrator(RunControl):
 
             self.publish(Log("warning", f"report.json could not be written: {describe(exc)}"))
 
+    def _describe(
+        self,
+        ind: dict[str, Any],
+        current: dict[str, dict[str, Any]],
+        out_dir: Path,
+        base_ref: str,
+        merged: bool,
+    ) -> dict[str, str]:
+        """lineage.json and README.md (the model card) of an export of individual ``ind`` (its
+        state); its ancestors are found in ``current`` (the population) and the checkpoints."""
+        import hashlib
+        import json
+
+        from engine.export import MERGE_COMMAND
+        from engine.lineage import lineage, model_card
+
+        prof = self.profile
+        known = {**self.run_dir.individual_records(), **current}
+        try:
+            digest = hashlib.sha256(self.run_dir.profile_path.read_bytes()).hexdigest()
+        except OSError:
+            digest = ""
+        student, original = prof.student, self.unpruned_student
+        hub = None if Path(student.model).is_absolute() else student.model  # local: resolved
+        teacher = prof.teacher
+        doc = lineage(
+            ind,
+            known,
+            role="champion" if out_dir.name == "champion" else "export",
+            run={
+                "name": prof.run.name,
+                "dir": str(self.run_dir.path),
+                "profile": str(self.run_dir.profile_path),
+                "profile_sha256": digest,
+                "profile_source": str(prof.source),
+                "seed": prof.run.seed,
+                "generations": prof.evolution.generations,
+                "generation": self.generation,
+            },
+            base_model={
+                "model": student.model,
+                "revision": student.revision,
+                "hub_id": hub,
+                "in_recipe": base_ref,
+                "dtype": student.dtype,
+                "pruned_from": (
+                    {"model": original.model, "revision": original.revision}
+                    if original is not None and original.model != student.model
+                    else None
+                ),
+            },
+            teacher=(
+                {"model": teacher.model, "revision": teacher.revision, "distill": prof.distill.mode}
+                if teacher is not None and teacher.enabled
+                else None
+            ),
+            data={
+                "format": prof.data.format,
+                "train": str(prof.data.train),
+                "validation": str(prof.data.validation),
+            },
+            references={
+                "untrained_student_val_loss": self.student_loss,
+                "teacher_val_loss": self.teacher_loss,
+            },
+            merge_command=MERGE_COMMAND,
+            merged=merged,
+        )
+        return {"lineage.json": json.dumps(doc, indent=1) + "\n", "README.md": model_card(doc)}
+
+    def _paused_to_the_end(self) -> None:
+        """A completed run says which individuals the operator paused and never resumed: they
+        kept their places in silence, outside training, scoring and selection."""
+        for ind in self.population:
+            if not ind.paused:
+                continue
+            when = f" at generation {ind.paused_at}" if ind.paused_at is not None else ""
+            had = (
+                f"its validation loss {ind.val_loss:.4f} is from before the pause"
+                if ind.val_loss is not None
+                else "it has no score"
+            )
+            self.publish(
+                Log(
+                    "warning",
+                    f"{ind.id} was paused{when} and never resumed: it was not trained, scored "
+                    f"or selected after that ({had}); the leaderboard lists it as paused",
+                )
+            )
+
     # --- state ----------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
@@ -956,6 +1059,7 @@ class Orchestrator(RunControl):
         if prof.prune.active:
             try:
                 t0 = time.perf_counter()
+                self.unpruned_student = prof.student
                 prof = self.profile = await self._prune()
                 self.phases.setdefault("prune", round(time.perf_counter() - t0, 3))
             except Exception as exc:  # a model that cannot be pruned: say why, start nothing
@@ -1010,6 +1114,8 @@ class Orchestrator(RunControl):
         champion_dir = None
         try:
             scored = [i for i in self.population if i.fitness is not None]
+            if status == "completed":
+                self._paused_to_the_end()
             if status == "completed" and scored:
                 self.champion = genetics.ranked(scored)[0]
                 t0 = time.perf_counter()
@@ -1029,6 +1135,7 @@ class Orchestrator(RunControl):
             champ.fitness if champ else None,
             champion_dir,
             reason,
+            self.merged_dir,
         )
         self.publish(finished)
         self.run_dir.close()

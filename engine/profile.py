@@ -1187,6 +1187,79 @@ def load_profile(path: str | Path) -> Profile:
     return parse_profile(text, source=path)
 
 
+# The paths of a run's profile.toml that follow the run directory when it is copied or moved
+# (relocate_run_profile).
+_RUN_PATHS = frozenset(
+    {
+        ("run", "output_dir"),
+        ("student", "model"),
+        ("teacher", "model"),
+        ("data", "train"),
+        ("data", "validation"),
+        ("tts", "assets"),
+        ("distill", "cache_dir"),
+    }
+)
+
+
+def relocate_run_profile(text: str, started_at: Path, now_at: Path) -> tuple[str, list[str]]:
+    """A run's ``profile.toml`` text with its paths re-resolved for a run directory that started
+    at ``started_at`` and is now at ``now_at`` (copied or moved); the changes, as sentences.
+
+    ``[run] output_dir`` becomes the directory's parent (where it now lives; the logit cache
+    ``<output_dir>/.cache/logits`` follows it), and ``[distill] cache_dir`` moves with it when it
+    lay under the old one. A model, data file or asset directory that lay beside the run
+    directory (sharing an ancestor below the filesystem root: the same clone of the project, say)
+    is taken from the same place relative to the new location when that exists there, and kept
+    otherwise. Lines are rewritten one for one, so error messages keep their line numbers.
+    """
+    import os
+
+    old, new = Path(os.path.abspath(started_at)), Path(os.path.abspath(now_at))
+    if old == new:
+        return text, []
+    old_out, new_out = old.parent, new.parent
+    changes: list[str] = []
+    out, section = [], ""
+    for line in text.splitlines(keepends=True):
+        head = re.match(r"\s*\[([A-Za-z_]+)\]\s*$", line)
+        if head:
+            section = head.group(1)
+            out.append(line)
+            continue
+        m = re.match(r"\s*([A-Za-z_]+)\s*=", line)
+        key = (section, m.group(1)) if m else None
+        if key not in _RUN_PATHS:
+            out.append(line)
+            continue
+        try:
+            value = tomllib.loads(line)[key[1]]
+        except (tomllib.TOMLDecodeError, KeyError):
+            out.append(line)
+            continue
+        if not isinstance(value, str) or not Path(value).is_absolute():
+            out.append(line)  # a hub id, or not a path written by to_toml
+            continue
+        path = Path(os.path.normpath(value))
+        moved: Path | None = None
+        if key == ("run", "output_dir"):
+            moved = new_out
+        elif key == ("distill", "cache_dir"):
+            if path.is_relative_to(old_out):
+                moved = new_out / path.relative_to(old_out)
+        elif Path(os.path.commonpath([path, old])) != Path(path.anchor):
+            there = Path(os.path.normpath(new / os.path.relpath(path, old)))
+            if there.exists():
+                moved = there
+        if moved is None or moved == path:
+            out.append(line)
+            continue
+        changes.append(f"[{key[0]}] {key[1]} {path} → {moved}")
+        end = "\n" if line.endswith("\n") else ""
+        out.append(f"{key[1]} = {_toml_value(str(moved))}{end}")
+    return "".join(out), changes
+
+
 def parse_profile(text: str, *, source: Path) -> Profile:
     """Validate profile ``text``; ``source`` is the file it came from (messages, relative paths)."""
     source = Path(source).expanduser()

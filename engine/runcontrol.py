@@ -31,6 +31,9 @@ class RunControl:
         self.stop_requested = False
         self.pool: Any = None  # the WorkerPool, once the run starts
         self._resume_gate: asyncio.Event | None = None
+        # Said (as warnings) right after RunStarted: what the caller changed in the profile it
+        # hands over, e.g. paths re-resolved for a copied run directory (RunDir.load_profile).
+        self.start_notes: list[str] = []
 
     # --- events and commands --------------------------------------------------------------------
 
@@ -106,6 +109,8 @@ class RunControl:
                 list(remote_code or []),
             )
         )
+        for note in self.start_notes:
+            self.publish(Log("warning", note))
         for reason in skipped:
             self.publish(Log("warning", f"{reason} Resuming from an earlier generation."))
 

@@ -8,8 +8,9 @@
         optimizers/<id>.safetensors  AdamW state of those that train on ([evolution] elites_train)
     <run>/leaderboard.csv      the latest leaderboard
     <run>/report.json          champion, lineage, validation and test figures, compute, wall time
-    <run>/champion/            the champion's PEFT adapter and mergekit recipe
-    <run>/exports/<id>/        adapters exported on request
+    <run>/champion/            the champion's PEFT adapter, mergekit recipe (paths relative to
+                               it), lineage.json and model card README.md
+    <run>/exports/<id>/        adapters exported on request, laid out the same way
 
 Every file is written to a temporary name and renamed into place, so a crash (or a full disk)
 never leaves a half-written file where a complete one was.
@@ -100,6 +101,53 @@ class RunDir:
     @property
     def profile_path(self) -> Path:
         return self.path / "profile.toml"
+
+    def started_at(self) -> Path | None:
+        """Where this run directory was when the run started (its first ``run_started`` event),
+        or None before that event exists."""
+        try:
+            with open(self.events_path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    try:
+                        data = json.loads(line)
+                    except json.JSONDecodeError:
+                        continue
+                    if isinstance(data, dict) and data.get("kind") == "run_started":
+                        return Path(data["run_dir"]) if data.get("run_dir") else None
+        except OSError:
+            return None
+        return None
+
+    def load_profile(self) -> tuple[Any, list[str]]:
+        """The run's profile, its paths re-resolved when the directory was copied or moved since
+        the run started (``engine.profile.relocate_run_profile``), and what was re-resolved.
+
+        Raises ProfileError (one paragraph) when the profile does not validate."""
+        from engine.errors import ProfileError
+        from engine.profile import load_profile, parse_profile, relocate_run_profile
+
+        started = self.started_at()
+        if started is None:
+            return load_profile(self.profile_path), []
+        try:
+            text = self.profile_path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return load_profile(self.profile_path), []  # which says what is wrong with it
+        text, changes = relocate_run_profile(text, started, self.path)
+        if not changes:
+            return load_profile(self.profile_path), []
+        try:
+            profile = parse_profile(text, source=self.profile_path)
+        except ProfileError as exc:
+            raise ProfileError(
+                f"{exc.message} (This run directory started at {started} and is now at "
+                f"{self.path}; these paths were re-resolved from here: {'; '.join(changes)}.)"
+            ) from None
+        note = (
+            f"this run directory started at {started} and is now at {self.path}: its profile's "
+            f"paths are re-resolved from here — {'; '.join(changes)}"
+        )
+        return profile, [note]
 
     @property
     def events_path(self) -> Path:
@@ -270,6 +318,21 @@ class RunDir:
         if errors:
             raise RunDirError(" ".join(errors) + " No complete generation is left to resume from.")
         return None
+
+    def individual_records(self) -> dict[str, dict[str, Any]]:
+        """Every individual any checkpoint holds (id -> its state, the newest generation's copy),
+        for lineage; a checkpoint that does not read back is passed over."""
+        records: dict[str, dict[str, Any]] = {}
+        for gen in self.checkpoints():
+            try:
+                state = json.loads((self.checkpoint_path(gen) / "state.json").read_text("utf-8"))
+                population = state["population"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            for ind in population if isinstance(population, list) else []:
+                if isinstance(ind, dict) and "id" in ind:
+                    records[ind["id"]] = ind
+        return records
 
     # --- leaderboard ----------------------------------------------------------------------------
 

@@ -160,9 +160,9 @@ def _main(args: argparse.Namespace) -> int:
                 f"{run.path}: this is a baseline's run directory, which cannot be resumed; run "
                 "the baseline again (genesis-tui baseline …)."
             )
-        profile = load_profile(run.profile_path)
+        profile, relocated = run.load_profile()  # a copied or moved run reads from where it is
     else:
-        profile = load_profile(args.profile)
+        profile, relocated = load_profile(args.profile), []
     if profile.is_tts:
         _tts_preflight(profile)
         if args.check:
@@ -199,12 +199,13 @@ def _main(args: argparse.Namespace) -> int:
     if profile.is_tts:  # the TTS track: style evolution
         from engine.tts.orchestrator import StyleOrchestrator
 
-        return run_headless(StyleOrchestrator(profile, run), resume=bool(args.resume))
-    from engine.orchestrator import Orchestrator
+        orch = StyleOrchestrator(profile, run)
+    else:
+        from engine.orchestrator import Orchestrator
 
-    return run_headless(
-        Orchestrator(profile, run, merge_champion=args.merge), resume=bool(args.resume)
-    )
+        orch = Orchestrator(profile, run, merge_champion=args.merge)
+    orch.start_notes = relocated
+    return run_headless(orch, resume=bool(args.resume))
 
 
 def _baseline(args: argparse.Namespace) -> int:
@@ -230,7 +231,7 @@ def _baseline(args: argparse.Namespace) -> int:
     parent = None
     if args.run_dir:
         parent = RunDir.open(Path(args.run_dir))
-        profile = load_profile(parent.profile_path)
+        profile = parent.load_profile()[0]
         out_dir, report_file = parent.path / "baselines", parent.path / "report.json"
     else:
         profile = load_profile(args.profile)

@@ -43,6 +43,11 @@ from engine.events import (
 )
 from engine.orchestrator import Orchestrator
 
+MERGED_NOTE = (
+    "a plain transformers checkpoint with the adapter folded in "
+    "(AutoModelForCausalLM.from_pretrained loads it, no PEFT needed)"
+)
+
 
 class HeadlessView:
     """Turns engine events into progress bars (on a terminal) or log lines (in a file)."""
@@ -143,7 +148,12 @@ class HeadlessView:
             if not self.live:
                 self.line(f"  checkpoint: {e.path}")
         elif isinstance(e, Exported):
-            self.line(f"exported {e.id} → {e.path} (validation loss {e.val_loss:.4f})")
+            loss = "" if e.val_loss is None else f" (validation loss {e.val_loss:.4f})"
+            self.line(
+                f"exported {e.id} → {e.path}{loss}: PEFT adapter, merge.yaml, lineage.json, README.md"
+            )
+            if e.merged:
+                self.line(f"merged {e.id} into its base → {e.merged}: {MERGED_NOTE}")
         elif isinstance(e, EnginePaused):
             self.line("engine paused" if e.paused else "engine resumed")
         elif isinstance(e, CommandAck):
@@ -316,6 +326,12 @@ def run_headless(
             console.print(f"report: {run_path / 'report.json'}")
         if finished.export_dir:
             console.print(f"champion adapter: {finished.export_dir}")
+        if finished.merged_dir:
+            console.print(
+                f"champion merged into its base: {finished.merged_dir}",
+                markup=False,
+                highlight=False,
+            )
         console.print(f"run directory: {run_path}")
         return 0
     resume_hint = f"resume with: genesis-tui --resume {run_path} --headless"

@@ -37,12 +37,14 @@ def _lines(rng: random.Random, n: int, domain: bool) -> list[str]:
 # --- running the real CLI, reading its run directories ------------------------------------------
 
 
-def cli(*args, timeout=600, **kw):
-    """``genesis-tui ARGS`` as a subprocess from the project root (output captured as text)."""
+def cli(*args, timeout=600, env=None, **kw):
+    """``genesis-tui ARGS`` as a subprocess from the project root (output captured as text);
+    ``env``: variables set (or, as None, unset) on top of this process's environment."""
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env = {k: v for k, v in env.items() if v is not None}
     return subprocess.run(
         [sys.executable, "-m", "genesis_tui.cli", *args],
         capture_output=True,

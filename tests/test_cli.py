@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
-from conftest import cli
+from conftest import cli, events, only_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,8 +81,119 @@ def test_merge_flag_writes_a_merged_champion_that_transformers_loads(tiny_profil
     r = cli("--profile", str(tiny_profile(evolution__generations=1)), "--headless", "--merge")
     assert r.returncode == 0, r.stdout + r.stderr
     (run,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
-    merged = AutoModelForCausalLM.from_pretrained(run / "champion" / "merged", dtype=torch.float32)
+    merged_dir = run / "champion" / "merged"
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32)
     assert merged.config.num_hidden_layers == 2
+    # the run says where the merged model went and what it is, as it happens and at the end
+    out = "".join(r.stdout.split())  # rich wraps long lines, paths included
+
+    def said(text: str) -> bool:
+        return "".join(text.split()) in out
+
+    assert said(f"into its base → {merged_dir}: a plain transformers checkpoint")
+    assert said(f"champion merged into its base: {merged_dir}")
+    (exported,) = [e for e in events(run) if e["kind"] == "exported"]
+    assert exported["merged"] == str(merged_dir)
+    assert events(run)[-1]["merged_dir"] == str(merged_dir)
+    lineage = json.loads((run / "champion" / "lineage.json").read_text())
+    assert lineage["merge"]["merged"] == "merged"
+    assert (
+        "`genesis-tui --merge` already wrote `merged/` here"
+        in (run / "champion" / "README.md").read_text()
+    )
+
+
+# Reproduces, on any CPU, what bitsandbytes does on one with AVX512-BF16 and no network: as it is
+# imported it asks the Hub, through `kernels`, for an optional CPU kernel, and logs the failure.
+BNB_AS_ON_AVX512_BF16 = """
+import importlib.abc, importlib.util, sys
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "bitsandbytes.functional":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run = spec.loader.exec_module
+        def exec_module(module):
+            run(module)
+            module.has_avx512bf16 = lambda: True
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Hook())
+
+import kernels._internals.hf_hub as _hub
+
+class _NoNetwork:
+    def get_organization_overview(self, *args, **kwargs):
+        raise ConnectionError("no network")
+
+_hub._get_hf_api = lambda *args, **kwargs: _NoNetwork()
+"""
+
+
+def test_a_headless_start_does_not_print_the_bitsandbytes_kernel_warning(tiny_profile, tmp_path):
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(BNB_AS_ON_AVX512_BF16)
+    online = {"PYTHONPATH": str(hook), "HF_HUB_OFFLINE": "0"}  # the reported variant
+
+    def python(code: str, **env) -> str:
+        r = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **env},
+            cwd=ROOT,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout + r.stderr
+
+    # the hook reproduces it, online and offline (PEFT imports bitsandbytes) …
+    assert "could not verify publisher trust" in python("import peft", **online)
+    offline = python("import peft", **{**online, "HF_HUB_OFFLINE": "1"})
+    assert "Skipping publisher trust check" in offline and "gemm_4bit_forward" in offline
+    # … and once engine is imported, neither variant is printed
+    offline = python("import engine, peft", **{**online, "HF_HUB_OFFLINE": "1"})
+    assert "publisher trust" not in offline and "gemm_4bit_forward" not in offline
+
+    r = cli("--profile", str(tiny_profile(evolution__generations=1)), "--headless", env=online)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = only_run(tmp_path / "runs")
+    printed = [r.stdout + r.stderr] + [p.read_text() for p in (run / "logs").glob("*.log")]
+    assert len(printed) >= 3  # the CLI, the coliseum and the teacher
+    for text in printed:
+        assert "publisher trust" not in text and "gemm_4bit_forward" not in text
+
+
+def test_only_that_bitsandbytes_message_is_silenced(caplog):
+    import logging
+
+    import engine  # noqa: F401 - installs the filters
+
+    log = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        log.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure "
+            "you already `pip install kernels` and the kernels >= 0.11.1",
+            "Kernel repository 'kernels-community/quantization-bitsandbytes' could not verify "
+            "publisher trust status.",
+        )
+        log.warning("another bitsandbytes warning")
+        logging.getLogger("kernels._internals.hf_hub").warning(
+            "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in "
+            "offline mode."
+        )
+    assert [r.getMessage() for r in caplog.records] == [
+        "another bitsandbytes warning",
+        "Skipping publisher trust check for 'someone/else' because Hugging Face Hub is in "
+        "offline mode.",
+    ]
 
 
 def test_attach_and_open_say_what_is_wrong_in_one_paragraph(tmp_path):

@@ -83,7 +83,12 @@ def test_demo_two_generations_improves_on_generation_zero_and_the_untrained_stud
         'coliseum = ["cpu", "cpu"]\nthreads_per_worker = 1',
     )
     text = text.replace(f'output_dir = "{ROOT / "runs"}"', f'output_dir = "{tmp_path / "runs"}"')
-    assert "generations = 2" in text and "sizes = [8, 4]" in text and str(tmp_path) in text and '["cpu", "cpu"]' in text
+    assert (
+        "generations = 2" in text
+        and "sizes = [8, 4]" in text
+        and str(tmp_path) in text
+        and '["cpu", "cpu"]' in text
+    )
     prof = tmp_path / "demo2.toml"
     prof.write_text(text)
     r = cli("--profile", str(prof), "--headless")

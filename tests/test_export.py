@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import peft
@@ -12,7 +16,13 @@ import torch
 import yaml
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from engine.export import export_peft_adapter, merge_with_mergekit, write_mergekit_recipe
+from engine.export import (
+    MERGE_COMMAND,
+    export_peft_adapter,
+    merge_with_mergekit,
+    recipe_ref,
+    write_mergekit_recipe,
+)
 from engine.genomes import lora as L
 
 TARGETS = ["q_proj", "v_proj"]
@@ -157,6 +167,7 @@ def test_mergekit_recipe_merges_base_plus_adapter(base, base_dir, champion, tmp_
     parsed = yaml.safe_load(recipe.read_text())
     assert parsed["merge_method"] == "passthrough" and parsed["dtype"] == "float32"
     assert parsed["models"] == [{"model": f"{base_dir.resolve()}+{adapter.resolve()}"}]
+    assert MERGE_COMMAND in recipe.read_text()  # how to run it, at the top of the file
 
     merged_dir = merge_with_mergekit(recipe, tmp_path / "merged")
     merged = LlamaForCausalLM.from_pretrained(merged_dir).eval()
@@ -184,3 +195,72 @@ def test_merge_refuses_non_local_models(tmp_path):
     with pytest.raises(FileNotFoundError):
         merge_with_mergekit(recipe, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_recipe_names_what_lies_in_the_run_dir_relatively_and_the_rest_absolutely(tmp_path):
+    run = tmp_path / "run"
+    (run / "pruned").mkdir(parents=True)
+    outside = tmp_path / "models" / "student"
+    outside.mkdir(parents=True)
+    assert recipe_ref(run / "pruned", run / "champion", run) == "../pruned"
+    assert recipe_ref(run / "pruned", run / "exports" / "g1-002", run) == "../../pruned"
+    assert recipe_ref(outside, run / "champion", run) == str(outside)
+    assert recipe_ref("someone/model", run / "champion", run) == "someone/model"
+    assert recipe_ref("someone/model", run / "champion", run, "abc123") == "someone/model@abc123"
+    # a path mergekit's short form would split ("+" between model and LoRA, "@" before a
+    # revision) is written in the structured form
+    odd = tmp_path / "odd+base@x"
+    odd.mkdir()
+    recipe = write_mergekit_recipe(str(odd), run / "champion", run / "champion" / "merge.yaml")
+    parsed = yaml.safe_load(recipe.read_text())
+    assert parsed["models"] == [{"model": {"model": {"path": str(odd)}, "lora": {"path": "."}}}]
+
+
+def test_the_documented_merge_command_runs_from_a_copied_run_directory(
+    base, base_dir, champion, tmp_path, monkeypatch
+):
+    """An export in a run directory whose base model is in that run directory too (the pruned
+    student): copied elsewhere, the original gone, mergekit's own CLI runs the recipe with the
+    command the recipe itself documents, and the merge is the adapter folded into the base."""
+    run = tmp_path / "runs" / "demo-1"
+    shutil.copytree(base_dir, run / "pruned")
+    out = run / "champion"
+    adapter = export(base, champion, out, run / "pruned")
+    write_mergekit_recipe(
+        str(run / "pruned"),
+        adapter,
+        out / "merge.yaml",
+        base_ref=recipe_ref(run / "pruned", out, run),
+    )
+    text = (out / "merge.yaml").read_text()
+    assert str(tmp_path) not in text  # nothing names where the run directory was
+
+    copy_dir = tmp_path / "elsewhere" / "demo-1"
+    shutil.copytree(run, copy_dir)
+    os.rename(tmp_path / "runs", tmp_path / "runs-gone")  # the original is no longer there
+
+    command = next(
+        line.strip("# ").strip() for line in text.splitlines() if "mergekit-yaml" in line
+    )
+    assert command == MERGE_COMMAND
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(
+        ["bash", "-c", f"cd {copy_dir / 'champion'} && {command}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = in_memory_logits(base, champion, IDS)
+    merged = LlamaForCausalLM.from_pretrained(copy_dir / "champion" / "merged").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=IDS).logits, want, rtol=0, atol=1e-4)
+
+    # the Python API takes the recipe's relative paths from its directory, whatever the cwd
+    monkeypatch.chdir(tmp_path)
+    merge_with_mergekit(copy_dir / "champion" / "merge.yaml", tmp_path / "merged-api")
+    again = LlamaForCausalLM.from_pretrained(tmp_path / "merged-api").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=IDS).logits, want, rtol=0, atol=1e-4)
+    assert not (tmp_path / "runs").exists()

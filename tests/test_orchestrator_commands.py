@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import json
+
 import pytest
 
 from engine import events as ev
@@ -63,8 +66,48 @@ async def test_paused_individual_is_skipped_kept_and_promoted_one_survives(tiny_
     )  # never trained, kept its place
     assert state["promoted"] in ids  # survived selection though it was the worst
     assert ids[state["promoted"]].status == "promoted"
-    acks = [e for e in orch.run_dir.read_events() if isinstance(e, ev.CommandAck)]
+    logged = orch.run_dir.read_events()
+    acks = [e for e in logged if isinstance(e, ev.CommandAck)]
     assert [a.command["kind"] for a in acks] == ["pause_individual", "promote"]
+    # it kept its place to the end, and the run says so: a warning, and the leaderboard
+    warnings = [e.message for e in logged if isinstance(e, ev.Log) and e.level == "warning"]
+    assert (
+        f"{paused.id} was paused at generation 0 and never resumed: it was not trained, scored "
+        "or selected after that (it has no score)" in " ".join(warnings)
+    )
+    with open(orch.run_dir.path / "leaderboard.csv") as f:
+        rows = {r["id"]: r for r in csv.DictReader(f)}
+    assert rows[paused.id]["status"] == "paused"
+    assert [e for e in logged if isinstance(e, ev.IndividualUpdate) and e.id == paused.id][
+        -1
+    ].status == "paused"  # what the TUI's leaderboard shows
+
+
+async def test_an_operator_export_describes_itself(tiny_profile):
+    """exports/<id>/ (the operator's `e`) holds what champion/ holds: lineage.json, a model card."""
+    orch = make(tiny_profile, evolution__generations=2)
+    exported: dict = {}
+
+    def on(e):
+        if isinstance(e, ev.GenerationStarted) and e.generation == 1:
+            target = next(i for i in orch.population if i.generation == 1 and i.tensors is not None)
+            exported["id"] = target.id
+            assert orch.submit(ev.ExportIndividual(target.id)).ok
+        if isinstance(e, ev.Exported) and e.id == exported.get("id"):
+            exported.setdefault("event", e)  # the first: the champion may be the same one
+
+    orch.subscribe(on)
+    done = await orch.run()
+    assert done.status == "completed", done.reason
+    out = orch.run_dir.path / "exports" / exported["id"]
+    assert exported["event"].path == str(out)
+    lineage = json.loads((out / "lineage.json").read_text())
+    assert lineage["id"] == exported["id"] and lineage["role"] == "export"
+    assert lineage["val_loss"] is None  # exported before it was scored, and says so
+    assert lineage["parents"] and {a["generation"] for a in lineage["ancestors"]} == {0}
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: peft" in card
+    assert "It had not been scored when it was exported." in card
 
 
 async def test_cull_and_unknown_ids_are_acknowledged(tiny_profile):

@@ -168,7 +168,9 @@ def test_a_greedy_soup_joins_only_what_helps_and_is_exact(tiny_profile, tmp_path
     best_other = min(
         e["val_loss"]
         for e in ev
-        if e["kind"] == "individual" and e["val_loss"] is not None and not e["id"].startswith("soup")
+        if e["kind"] == "individual"
+        and e["val_loss"] is not None
+        and not e["id"].startswith("soup")
     )
     if final:  # a soup that stays beat the best individual, and is the champion
         soup = final[-1]

@@ -337,17 +337,22 @@ class Coliseum:
                     self._remove(name)
 
     def export(self, task: ExportTask) -> ExportDone:
-        """Save the adapter as a standard PEFT directory (atomically), re-measure its validation loss
-        through the plain single-adapter path, and write the mergekit recipe beside it."""
+        """Save the adapter as a standard PEFT directory, re-measure its validation loss through
+        the plain single-adapter path, and put beside it the mergekit recipe, the task's files
+        (lineage.json, the model card) and, when asked, the merged model (``merged/``). The
+        directory is assembled under a temporary name and appears whole."""
         import shutil
+        import tempfile
         from pathlib import Path
 
         from engine.export import merge_with_mergekit, write_mergekit_recipe
         from engine.losses import validation_loss
+        from engine.rundir import atomic_write_text
 
         name = f"ind_{task.id}"
         out = Path(task.out_dir)
         tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
+        merged = None
         try:
             self._add(name, task.genome, task.adapter)
             self.model.set_adapter(name)
@@ -357,17 +362,29 @@ class Coliseum:
             shutil.rmtree(tmp, ignore_errors=True)
             self.model.save_pretrained(str(tmp), selected_adapters=[name])
             saved = tmp / name if (tmp / name).is_dir() else tmp  # PEFT nests non-default adapters
+            dtype = self.profile.student.dtype
+            write_mergekit_recipe(
+                self.base_path, saved, saved / "merge.yaml", dtype=dtype, base_ref=task.base_ref
+            )
+            for file_name, text in task.files.items():
+                atomic_write_text(saved / file_name, text)
+            if task.merge:
+                # merge.yaml names the base as it will be seen from the export directory; this
+                # worker merges with the paths as they are here and now.
+                with tempfile.TemporaryDirectory(prefix="genesis-recipe-") as d:
+                    local = write_mergekit_recipe(
+                        self.base_path, saved, Path(d) / "merge.yaml", dtype
+                    )
+                    merge_with_mergekit(
+                        local, saved / "merged", cuda=self.device.startswith("cuda")
+                    )
+                merged = str(out / "merged")
             old = out.parent / f".{out.name}.old"
             if out.exists():
                 os.replace(out, old)
             os.replace(saved, out)
             shutil.rmtree(old, ignore_errors=True)
-            recipe = write_mergekit_recipe(
-                self.base_path, out, out / "merge.yaml", dtype=self.profile.student.dtype
-            )
-            if task.merge:
-                merge_with_mergekit(recipe, out / "merged", cuda=self.device.startswith("cuda"))
-            return ExportDone(self.worker, task.job, task.id, str(out), loss)
+            return ExportDone(self.worker, task.job, task.id, str(out), loss, merged)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
             self._remove(name)

@@ -62,7 +62,14 @@ class ExportTask:
     genome: dict[str, Any]
     adapter: bytes
     out_dir: str
-    merge: bool = False  # also merge it into the base with mergekit
+    merge: bool = False  # also merge it into the base with mergekit, into <out_dir>/merged
+    # How merge.yaml names the base model, relative to out_dir where it lies in the run directory
+    # (engine.export.recipe_ref, on the head: the same recipe whatever node exports); None: the
+    # worker's own base path, absolute.
+    base_ref: str | None = None
+    # More files written into the export directory before it appears (name -> text): the
+    # orchestrator's lineage.json and model card README.md (it replaces PEFT's template).
+    files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +154,7 @@ class ExportDone:
     id: str
     path: str
     val_loss: float  # the exported adapter's validation loss, measured through the plain PEFT path
+    merged: str | None = None  # the merged model's directory (ExportTask.merge)
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,6 @@ class ActorWorker:
         self._log_offset = 0
         setup_process(threads, str(self.log_path))
         self.name = name
-        self.model_dirs: dict[str, str] = {}  # where shipped models landed on this node
         for role, ref in (shipped or {}).items():
             profile = self._land(profile, role, ref)
         self._lock = threading.Lock()
@@ -103,7 +102,6 @@ class ActorWorker:
             except OSError:  # another actor on this node landed it first
                 shutil.rmtree(part, ignore_errors=True)
         spec, key = getattr(profile, role), MODEL_FIELD[role]
-        self.model_dirs[str(root)] = str(getattr(spec, key))
         return profile.model_copy(
             update={role: spec.model_copy(update={key: type(getattr(spec, key))(root)})}
         )
@@ -186,8 +184,7 @@ class ActorWorker:
                     for p in (tmp / "out").rglob("*")
                     if p.is_file()
                 }
-                moved = {str(tmp / "out"): task.out_dir, **self.model_dirs}
-                return ExportFiles(done, files, moved)
+                return ExportFiles(done, files)
             if isinstance(task, m.TrainTask) and task.answers_blob is not None:
                 task = dataclasses.replace(
                     task, answers_path=self._land_file(task.answers_blob), answers_blob=None
@@ -215,8 +212,6 @@ class ActorWorker:
 class ExportFiles:
     done: m.ExportDone
     files: dict[str, bytes]
-    # paths on the actor's node named in the mergekit recipe → the head's paths for them
-    moved: dict[str, str]
 
 
 @dataclasses.dataclass(eq=False)
@@ -525,8 +520,9 @@ def _actor_error(exc: BaseException) -> str:
 
 
 def _write_export(result: ExportFiles, out_dir: str) -> m.ExportDone:
-    """Write an actor's export into the run directory whole (temporary directory, then rename),
-    with the mergekit recipe pointing at where the adapter now is."""
+    """Write an actor's export into the run directory whole (temporary directory, then rename).
+    Its mergekit recipe names no path of the actor's node: the adapter is ``.``, the base as the
+    head named it (``ExportTask.base_ref``)."""
     out = Path(out_dir)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -534,9 +530,6 @@ def _write_export(result: ExportFiles, out_dir: str) -> m.ExportDone:
         for rel, data in result.files.items():
             p = tmp / rel
             p.parent.mkdir(parents=True, exist_ok=True)
-            if rel == "merge.yaml":
-                for there, here in result.moved.items():
-                    data = data.replace(there.encode(), here.encode())
             p.write_bytes(data)
         old = out.parent / f".{out.name}.old"
         if out.exists():
@@ -545,4 +538,5 @@ def _write_export(result: ExportFiles, out_dir: str) -> m.ExportDone:
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return dataclasses.replace(result.done, path=str(out))
+    merged = str(out / "merged") if result.done.merged else None
+    return dataclasses.replace(result.done, path=str(out), merged=merged)

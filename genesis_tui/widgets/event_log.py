@@ -115,7 +115,12 @@ def describe(e: Event) -> tuple[str, str] | None:
         return "info", e.summary
     if isinstance(e, Exported):
         loss = "" if e.val_loss is None else f" (val loss {e.val_loss:.4f})"
-        return "info", f"exported {e.id} → {e.path}{loss}"
+        merged = (
+            f"; merged into its base → {e.merged} (a plain transformers checkpoint)"
+            if e.merged
+            else ""
+        )
+        return "info", f"exported {e.id} → {e.path}{loss}{merged}"
     if isinstance(e, CommandAck):
         what = " ".join(
             [str(e.command.get("kind"))] + [f"{k}={v}" for k, v in e.command.items() if k != "kind"]
