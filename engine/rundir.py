@@ -8,6 +8,7 @@
     <run>/leaderboard.csv      the latest leaderboard
     <run>/champion/            the champion's PEFT adapter and mergekit recipe
     <run>/exports/<id>/        adapters exported on request
+    <run>/workers.jsonl        the engine's worker processes (engine.workers.lifeline)
 
 Every file is written to a temporary name and renamed into place, so a crash (or a full disk)
 never leaves a half-written file where a complete one was.
