@@ -19,6 +19,10 @@ gone, it goes by itself.
 Each worker of a run is also recorded in ``RUN/workers.jsonl`` (pid, start time, command line);
 ``sweep`` — called when a run is resumed — kills any of them still alive, a pid reused by an
 unrelated process since excepted (its start time or command line differ).
+
+Processes the engine does not start itself cannot be bound this way: a private Ray instance's.
+For those, ``start_reaper`` starts a small process that remembers the engine's descendants and
+kills them once the engine is gone (``reap``).
 """
 
 from __future__ import annotations
@@ -105,7 +109,10 @@ def _identity(pid: int) -> tuple[float, list[str]] | None:
         with p.oneshot():
             if p.status() == psutil.STATUS_ZOMBIE:
                 return None
-            return p.create_time(), p.cmdline()
+            cmdline = p.cmdline()
+            while cmdline and not cmdline[-1]:  # a retitled process (Ray's) pads with blanks
+                cmdline.pop()
+            return p.create_time(), cmdline
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return None
 
@@ -160,6 +167,21 @@ def _same(entry_started: Any, started: float) -> bool:
         return False
 
 
+def _same_program(recorded_cmdline: Any, cmdline: list[str]) -> bool:
+    """The same command line — or, for a Ray worker (which retitles itself after each call:
+    ``ray::ActorWorker``, ``ray::ActorWorker.handle``), the same actor class."""
+    if recorded_cmdline == cmdline:
+        return True
+    if not (isinstance(recorded_cmdline, list) and recorded_cmdline and cmdline):
+        return False
+
+    def actor(c: list[str]) -> str | None:
+        title = str(c[0]).split()[0] if str(c[0]).split() else ""
+        return title.split(".")[0] if title.startswith("ray::") else None
+
+    return actor(recorded_cmdline) is not None and actor(recorded_cmdline) == actor(cmdline)
+
+
 def sweep(run_dir: Path, warn: Callable[[str], None]) -> list[int]:
     """Kill every recorded worker of this run still alive (with its own children), ``warn`` once
     for each by name; then start the registry afresh. Left alone: a recorded pid now used by
@@ -175,7 +197,9 @@ def sweep(run_dir: Path, warn: Callable[[str], None]) -> list[int]:
         if pid in me or who is None:
             continue
         started, cmdline = who
-        if not _same(entry.get("started"), started) or cmdline != entry.get("cmdline"):
+        if not _same(entry.get("started"), started) or not _same_program(
+            entry.get("cmdline"), cmdline
+        ):
             continue  # the pid was reused by another process since
         engine = entry.get("engine")
         engine_now = _identity(engine) if isinstance(engine, int) else None
@@ -209,6 +233,97 @@ def sweep(run_dir: Path, warn: Callable[[str], None]) -> list[int]:
     with contextlib.suppress(OSError):
         (Path(run_dir) / REGISTRY).unlink()
     return killed
+
+
+# --- the reaper: for processes that are not the engine's to bind (a private Ray instance) ------
+
+
+def reap(engine_pid: int, interval: float = WATCH_INTERVAL) -> None:
+    """The reaper's body: remember every descendant of the engine while it runs; once it is gone
+    (its pipe on our stdin at end-of-file, or the process itself gone), kill those still alive.
+
+    Ray starts its own processes: with the engine SIGKILLed, the GCS, the raylet and the actors
+    die with it (Ray binds them), but its dashboard and runtime-env agents — the raylet's children
+    — each wait 60 s to report the raylet's death to a GCS that is gone before they exit (seen
+    with Ray 2.60). multiprocessing's resource tracker is left to exit by itself: it does once its
+    last pipe holder is gone, after unlinking what the dead left behind."""
+    import select
+    import signal
+
+    import psutil
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the engine's signals (Ctrl-C) are not ours
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        engine = psutil.Process(engine_pid)
+    except psutil.NoSuchProcess:
+        return
+    me = os.getpid()
+    seen: dict[int, Any] = {}
+    while True:
+        try:
+            if engine.status() == psutil.STATUS_ZOMBIE:
+                break
+            for p in engine.children(recursive=True):
+                if p.pid != me and p.pid not in seen:
+                    seen[p.pid] = p
+        except psutil.NoSuchProcess:
+            break
+        ready, _, _ = select.select([sys.stdin], [], [], interval)
+        if ready and not os.read(sys.stdin.fileno(), 4096):  # end-of-file: the engine is done
+            break
+    for p in seen.values():
+        try:  # psutil checks the start time: a pid reused since is no longer this process
+            if "multiprocessing.resource_tracker" not in " ".join(p.cmdline()):
+                p.kill()
+        except psutil.Error:
+            pass
+
+
+def start_reaper(log_path: Path | None = None) -> Any:
+    """Start the reaper for this engine (a small process of its own session: the terminal's
+    signals do not reach it); ``stop_reaper`` ends it when the engine closes what it watched.
+    None when it could not be started (the engine runs on without it)."""
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); "
+        f"from engine.workers.lifeline import reap; reap({os.getpid()})"
+    )
+    out: Any = subprocess.DEVNULL
+    try:
+        if log_path is not None:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            out = open(log_path, "ab")  # noqa: SIM115 - the child's copy outlives this block
+        return subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdin=subprocess.PIPE,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError:
+        return None
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+
+def stop_reaper(reaper: Any, timeout: float = 5.0) -> None:
+    """End-of-file on the reaper's stdin: it kills what is left of what it watched, and exits."""
+    import subprocess
+
+    if reaper is None:
+        return
+    with contextlib.suppress(OSError):
+        reaper.stdin.close()
+    try:
+        reaper.wait(timeout)
+    except subprocess.TimeoutExpired:
+        reaper.kill()
+        reaper.wait()
 
 
 def one_off_start(parent_pid: int, run_dir: str | None, name: str) -> None:

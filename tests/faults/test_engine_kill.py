@@ -78,7 +78,7 @@ def _alive(procs: list) -> list:
     return out
 
 
-@pytest.mark.parametrize("executor", ["local"])
+@pytest.mark.parametrize("executor", ["local", "ray"])
 def test_sigkill_of_the_engine_alone_takes_every_process_of_its_run_with_it(
     tiny_profile, tmp_path, executor
 ):

@@ -230,3 +230,73 @@ def test_resume_publishes_the_sweeps_warning_and_a_new_run_sweeps_nothing(tiny_p
     warnings = [e.message for e in seen if isinstance(e, ev.Log) and e.level == "warning"]
     assert any(f"worker teacher (pid {stale.pid}" in w for w in warnings), warnings
     assert lifeline.recorded(run.path) == []
+
+
+# --- the reaper (a private Ray instance's processes are not the engine's to bind) ----------------
+
+REAPED_ENGINE = """
+import subprocess, sys, time
+sys.path.insert(0, {root!r})
+from engine.workers import lifeline
+
+reaper = lifeline.start_reaper()
+# A process it did not start itself, bound to nothing (as Ray's agents are).
+other = subprocess.Popen(
+    [sys.executable, "-c", "import time; time.sleep(600)"],
+    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+time.sleep(1.5)  # the reaper has seen it
+print(reaper.pid, other.pid, flush=True)
+if sys.argv[1] == "close":
+    lifeline.stop_reaper(reaper)
+    print(reaper.returncode, other.wait(10), flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_reaper_kills_what_the_engine_started_once_the_engine_is_killed(tmp_path):
+    script = tmp_path / "engine.py"
+    script.write_text(REAPED_ENGINE.format(root=str(ROOT)))
+    engine = subprocess.Popen(
+        [sys.executable, str(script), "kill"], stdout=subprocess.PIPE, text=True
+    )
+    procs: list[psutil.Process] = []
+    try:
+        procs = [psutil.Process(int(pid)) for pid in engine.stdout.readline().split()]
+        engine.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        engine.wait()
+        assert all(wait_gone(p, 30) for p in procs), [p.pid for p in procs if running(p)]
+        took = time.monotonic() - killed
+        assert took < 5.0, f"{took:.1f} s"
+    finally:
+        if engine.poll() is None:
+            engine.kill()
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_stopping_the_reaper_ends_it_and_what_is_left_of_the_engines_processes(tmp_path):
+    script = tmp_path / "engine.py"
+    script.write_text(REAPED_ENGINE.format(root=str(ROOT)))
+    engine = subprocess.Popen(
+        [sys.executable, str(script), "close"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        engine.stdout.readline()  # their pids
+        code, other_code = engine.stdout.readline().split()
+        assert code == "0" and other_code == str(-signal.SIGKILL)
+    finally:
+        engine.kill()
+        engine.wait()
+
+
+def test_a_ray_worker_is_known_again_by_its_actor_class_though_it_retitles_itself():
+    same = lifeline._same_program
+    assert same(["ray::ActorWorker"], ["ray::ActorWorker.handle"])  # retitled after each call
+    assert not same(["ray::ActorWorker"], ["ray::IDLE"])  # the pid went to another worker
+    assert not same(["python", "-m", "a"], ["python", "-m", "b"])
+    assert not same(None, ["python"])
