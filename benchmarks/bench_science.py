@@ -17,6 +17,9 @@ pruned-student → teacher gap closed, and the wall time of each configuration.
 
     python benchmarks/bench_science.py [--seeds 0 1 2] [--out DIR] [--only demo,ft1]
     python benchmarks/bench_science.py --profile profiles/demo.toml --seeds 0
+    # seeds side by side, one process each, then one table:
+    python benchmarks/bench_science.py --seeds 1 --threads 1 --out /tmp/bs1 &  (… one per seed)
+    python benchmarks/bench_science.py --collect /tmp/bs*/results.json
 
 Runs each configuration through the real command line, one after the other (about 25 minutes a
 seed on 2 quiet cores).
@@ -68,6 +71,9 @@ def newest(parent: Path) -> Path:
     return max(dirs, key=lambda p: p.stat().st_mtime)
 
 
+THREADS = 0  # [devices] threads_per_worker for every run (--threads)
+
+
 def profile_for(base: Path, out: Path, seed: int, name: str, **evolution) -> Path:
     """``base`` resolved to absolute paths, with this seed, writing runs under ``out``."""
     try:
@@ -80,6 +86,8 @@ def profile_for(base: Path, out: Path, seed: int, name: str, **evolution) -> Pat
     data = tomllib.loads(load_profile(base).to_toml())
     data["run"].update(seed=seed, name=name, output_dir=str(out / name))
     data["evolution"].update(evolution)
+    if THREADS:
+        data["devices"]["threads_per_worker"] = THREADS
     path = out / f"{name}.toml"
     text = _toml(data)
     parse_profile(text, source=path)  # validated before anything runs
@@ -104,8 +112,10 @@ def report(run: Path) -> dict:
     return json.loads((run / "report.json").read_text())
 
 
-def one_seed(base: Path, out: Path, seed: int, only: set[str]) -> dict[str, dict]:
-    res: dict[str, dict] = {}
+def one_seed(
+    base: Path, out: Path, seed: int, only: set[str], results: dict[int, dict[str, dict]]
+) -> dict[str, dict]:
+    res: dict[str, dict] = results.setdefault(seed, {})
 
     def record(name: str, run: Path, wall: float) -> None:
         rep = report(run)
@@ -122,6 +132,7 @@ def one_seed(base: Path, out: Path, seed: int, only: set[str]) -> dict[str, dict
             "run": str(run),
             "lr": (champ.get("genome") or {}).get("learning_rate"),
         }
+        (out / "results.json").write_text(json.dumps(results, indent=1))  # kept as it goes
         print(
             f"  seed {seed} {name:8s} test {res[name]['test']:.4f} val {res[name]['val']:.4f} "
             f"steps {res[name]['steps']} tokens {res[name]['tokens']} ({wall:.0f}s)",
@@ -132,7 +143,7 @@ def one_seed(base: Path, out: Path, seed: int, only: set[str]) -> dict[str, dict
     _, wall = cli("--profile", str(prof), "--headless")
     demo = newest(out / f"demo-s{seed}")
     record("demo", demo, wall)
-    for name, scale in (("ft0.5", 0.5), ("ft1", 1.0), ("ft2", 2.0)):
+    for name, scale in (("ft1", 1.0), ("ft2", 2.0), ("ft0.5", 0.5)):
         if only and name not in only:
             continue
         _, wall = cli("baseline", str(demo), "--kind", "finetune", "--lr-scale", str(scale))
@@ -150,7 +161,7 @@ def one_seed(base: Path, out: Path, seed: int, only: set[str]) -> dict[str, dict
 
 
 def table(results: dict[int, dict[str, dict]]) -> str:
-    seeds = sorted(results)
+    seeds = sorted(s for s in results if "demo" in results[s])
     names = [n for n in CONFIGS if all(n in results[s] for s in seeds)]
     lines = [
         f"seeds {', '.join(map(str, seeds))}; test = validation rows 128–499 (never selected on)",
@@ -194,15 +205,31 @@ def main() -> int:
     ap.add_argument(
         "--only", default="", help="comma-separated configurations besides demo (default: all)"
     )
+    ap.add_argument(
+        "--threads", type=int, default=0, help="threads per worker (0: the profile's own)"
+    )
+    ap.add_argument(
+        "--collect",
+        nargs="+",
+        metavar="RESULTS.json",
+        help="only print the table of earlier runs' results.json files (seeds run apart)",
+    )
     args = ap.parse_args()
+    if args.collect:
+        merged: dict[int, dict[str, dict]] = {}
+        for f in args.collect:
+            merged.update({int(k): v for k, v in json.loads(Path(f).read_text()).items()})
+        print(table(merged))
+        return 0
+    global THREADS
+    THREADS = args.threads
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-science-"))
     out.mkdir(parents=True, exist_ok=True)
     only = {x for x in args.only.split(",") if x}
     print(f"runs under {out}", flush=True)
     results: dict[int, dict[str, dict]] = {}
     for seed in args.seeds:
-        results[seed] = one_seed(Path(args.profile).resolve(), out, seed, only)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        one_seed(Path(args.profile).resolve(), out, seed, only, results)
         print(table(results), flush=True)
     return 0
 

@@ -637,9 +637,7 @@ class Orchestrator(RunControl):
 
     async def _prune_in_process(self, out: Path) -> dict[str, Any]:
         """Prune in a spawned process (engine.workers.pruner); the event loop only waits."""
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
+        from engine.workers.lifeline import one_off_pool
         from engine.workers.pool import auto_threads
         from engine.workers.pruner import prune_job
 
@@ -647,7 +645,7 @@ class Orchestrator(RunControl):
         logs = self.run_dir.path / "logs"
         logs.mkdir(exist_ok=True)
         threads = auto_threads(prof, prof.devices.coliseum[0], "coliseum")
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        pool = one_off_pool(self.run_dir.path, "pruner")  # dies with this engine
         try:
             return await asyncio.get_running_loop().run_in_executor(
                 pool, prune_job, prof, str(out), threads, str(logs / "prune.log")

@@ -92,7 +92,13 @@ class RunControl:
         self._resume_gate.set()
         resumed_from = None
         skipped: list[str] = []
+        stale: list[str] = []
         if resume:
+            # Workers of an engine that was killed (they die with it; an older version's did not,
+            # nor would a worker of a system where neither guard held): they hold a model's memory.
+            from engine.workers.lifeline import sweep
+
+            sweep(self.run_dir.path, stale.append)
             latest = self.run_dir.latest_checkpoint(skipped.append)
             if latest is not None:
                 resumed_from, state, tensors = latest
@@ -113,6 +119,8 @@ class RunControl:
             self.publish(Log("warning", note))
         for reason in skipped:
             self.publish(Log("warning", f"{reason} Resuming from an earlier generation."))
+        for message in stale:
+            self.publish(Log("warning", message))
 
     def _resume(self, generation: int, state: dict[str, Any], tensors: dict[str, Any]) -> None:
         """Take up a checkpoint's state (each track's orchestrator knows its own)."""

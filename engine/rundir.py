@@ -5,12 +5,13 @@
     <run>/gen_0003/            one checkpoint per generation, written whole or not at all:
         state.json               population (genomes, scores, lineage) and the RNG state
         adapters/<id>.safetensors  each individual's LoRA tensors (PEFT key format)
-        optimizers/<id>.safetensors  AdamW state of those that train on ([evolution] elites_train)
+        optimizers/<id>.safetensors  AdamW state of those that train on (continuations, copies)
     <run>/leaderboard.csv      the latest leaderboard
     <run>/report.json          champion, lineage, validation and test figures, compute, wall time
     <run>/champion/            the champion's PEFT adapter, mergekit recipe (paths relative to
                                it), lineage.json and model card README.md
     <run>/exports/<id>/        adapters exported on request, laid out the same way
+    <run>/workers.jsonl        the engine's worker processes (engine.workers.lifeline)
 
 Every file is written to a temporary name and renamed into place, so a crash (or a full disk)
 never leaves a half-written file where a complete one was.

@@ -270,13 +270,12 @@ class StyleOrchestrator(RunControl):
         chosen pruned student (RUN/sweep/student) as its assets, which the style workers load.
         A resumed run whose sweep (same ratios and bound) finished reuses it."""
         import json
-        import multiprocessing
         import os
-        from concurrent.futures import ProcessPoolExecutor
 
         from engine.tts.student import _read_config
         from engine.tts.sweep import sweep_job
         from engine.tts.worker import scored_sentences
+        from engine.workers.lifeline import one_off_pool
 
         prof, tts = self.profile, self.profile.tts
         out = self.run_dir.path / "sweep"
@@ -313,7 +312,7 @@ class StyleOrchestrator(RunControl):
                 "pitch_range": style.pitch_range,
             }
             threads = prof.devices.threads_per_worker or (os.cpu_count() or 1)
-            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            pool = one_off_pool(self.run_dir.path, "prune-sweep")  # dies with this engine
             try:
                 res = await asyncio.get_running_loop().run_in_executor(
                     pool,

@@ -145,10 +145,19 @@ def run_worker(
     results: Any,
     go: Any,
     log_path: str | None,
+    parent_pid: int | None = None,
 ) -> None:
-    """The body of every worker process: set up, build the worker object with ``make`` (which
-    loads its model), announce it as Ready with its ``ready_detail``, then serve tasks."""
+    """The body of every worker process: bound to the engine (``parent_pid``) so that it dies
+    with it, set up, build the worker object with ``make`` (which loads its model), announce it
+    as Ready with its ``ready_detail``, then serve tasks."""
+    bound = None
+    if parent_pid is not None:
+        from engine.workers.lifeline import bind_to_parent
+
+        bound = bind_to_parent(parent_pid)
     setup_process(threads, log_path)
+    if bound is not None:  # in the worker's log: where the kernel's death signal was refused
+        print(f"{worker}: ends with the engine (pid {parent_pid}) by {bound}", flush=True)
     results = Channel(results)
 
     def setup() -> Callable[[Any], Any]:

@@ -25,6 +25,7 @@ from engine.errors import GenesisError
 from engine.events import Event, Log, WorkerState
 from engine.workers import messages as m
 from engine.workers.common import run_worker
+from engine.workers.lifeline import record
 
 MAX_RESTARTS = 3
 MAX_ATTEMPTS = 3
@@ -156,6 +157,7 @@ class WorkerPool(PoolBase):
 
         self.profile, self.publish = profile, publish
         self.log_dir = log_dir
+        self.run_dir = log_dir.parent if log_dir is not None else None  # its workers.jsonl
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = tmp.get_context("spawn")
@@ -191,6 +193,9 @@ class WorkerPool(PoolBase):
         await asyncio.gather(*(w.ready for w in self.workers))
 
     def _spawn(self, w: _Worker) -> None:
+        # Called on the event loop's thread only (start, the monitor): a worker's death signal
+        # (PR_SET_PDEATHSIG) fires when the thread that spawned it ends, and that thread outlives
+        # the pool.
         assert self._loop is not None
         w.incarnation += 1
         w.tasks = self.ctx.Queue()
@@ -211,6 +216,7 @@ class WorkerPool(PoolBase):
                 writer,
                 w.go,
                 self._log_path(w),
+                os.getpid(),  # the worker dies with this process (engine.workers.lifeline)
             ),
             name=f"genesis-{w.name}",
             daemon=True,
@@ -221,6 +227,7 @@ class WorkerPool(PoolBase):
             writer.close()  # the child holds the only write end: its death reads as end-of-file
         w.process = process
         w.conn = reader
+        record(self.run_dir, w.name, process.pid)  # for a resume to find, should we be killed
         self._conns = [(c, x) for c, x in self._conns if x is not w] + [(reader, w)]
         self.publish(
             WorkerState(w.name, w.role, w.device, "starting", w.process.pid, f"{w.threads} threads")

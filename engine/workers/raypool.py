@@ -26,6 +26,7 @@ import dataclasses
 import itertools
 import os
 import shutil
+import socket
 import tempfile
 import threading
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from typing import Any
 
 from engine.events import Event, Log, TrainProgress, WorkerState
 from engine.workers import messages as m
+from engine.workers.lifeline import record
 from engine.workers.pool import (
     MAX_ATTEMPTS,
     MAX_RESTARTS,
@@ -128,8 +130,6 @@ class ActorWorker:
 
     def ready(self) -> tuple[int, str, str]:
         """pid, where (host and Ray node: several nodes can share a host), what it loaded."""
-        import socket
-
         import ray
 
         node = ray.get_runtime_context().get_node_id()[:8]
@@ -258,6 +258,7 @@ class RayPool(PoolBase):
         self.paused = False
         self._idle: dict[str, asyncio.Queue] = {}
         self._started_ray = False
+        self._reaper: Any = None  # engine.workers.lifeline's, for a private Ray instance
         self._closing = False
         self._jobs = itertools.count(1)
 
@@ -279,6 +280,22 @@ class RayPool(PoolBase):
                 await asyncio.to_thread(ray.init, address=address, **kw)
             else:  # a private instance on this machine, sized for this run's actors
                 import torch
+
+                from engine.workers.lifeline import start_reaper
+
+                # Killed with the engine, Ray's own processes mostly die with it (it binds them
+                # to the thread that calls ray.init: one of asyncio's executor threads, which
+                # live as long as the event loop); the reaper ends those that do not.
+                logs = self.run_dir / "logs" if self.run_dir is not None else None
+                self._reaper = start_reaper(logs / "reaper.log" if logs is not None else None)
+                if self._reaper is None:
+                    self.publish(
+                        Log(
+                            "warning",
+                            "the reaper of the private Ray instance could not be started: "
+                            "should this engine be killed, Ray's agents outlive it by a minute",
+                        )
+                    )
 
                 # Logical CPUs enough for every actor (their threads share the real cores, as
                 # local workers do); GPUs only those this machine has.
@@ -353,6 +370,8 @@ class RayPool(PoolBase):
                 f"the {w.name} Ray actor ({w.device}) could not start: {reason}"
             ) from None
         w.pid, w.node = pid, node
+        if node.split(" ")[0] == socket.gethostname():  # on this machine: for a resume to find
+            record(self.run_dir, w.name, pid)
         self._write_log(
             w, f"--- Ray actor {w.name}, pid {pid} on {node} ({w.device}) ---\n".encode()
         )
@@ -376,6 +395,11 @@ class RayPool(PoolBase):
                 self.publish(WorkerState(w.name, w.role, w.device, "stopped", w.pid))
         if self._started_ray:
             await asyncio.to_thread(ray.shutdown)
+        if self._reaper is not None:
+            from engine.workers.lifeline import stop_reaper
+
+            await asyncio.to_thread(stop_reaper, self._reaper)
+            self._reaper = None
 
     def pause(self, paused: bool) -> None:
         self.paused = paused
