@@ -561,6 +561,9 @@ class Orchestrator(RunControl):
                     str(out_dir),
                     self.merge_champion and out_dir.name == "champion",
                 ),
+                # Ahead of the queued trainings: the acknowledgement promises it right after the
+                # coliseum's job in flight.
+                urgent=True,
             )
         except JobError as exc:
             self.publish(Log("error", f"export of {ind.id} failed: {exc.reason}"))

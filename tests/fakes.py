@@ -199,7 +199,7 @@ class FakeEngine:
                 return False, f"{ind.id} has no trained adapter yet"
             path = str(self.run_dir.path / "exports" / ind.id)
             self._later(0.02, Exported(ind.id, path, ind.val_loss))
-            return True, f"exporting {ind.id}"
+            return True, f"exporting {ind.id} (after the coliseum's job in flight)"
         return False, f"unknown command {cmd.kind}"
 
     def _later(self, delay: float, event: Event) -> None:
