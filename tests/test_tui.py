@@ -233,6 +233,35 @@ async def test_a_failed_individual_shows_in_the_table_the_log_and_the_tab():
 # --- views ----------------------------------------------------------------------------------
 
 
+async def test_log_lines_that_arrive_under_another_tab_wrap_to_the_log_width():
+    app, fake = make(generations=1, steps=40, step_delay=0.01)
+    async with app.run_test(size=SIZE) as pilot:
+        log = app.query_one(EventLog)
+        await pilot.press("5")  # laid out once: RichLog now knows a size…
+        await pilot.pause(0.1)
+        await pilot.press("1")  # …and has none while the Leaderboard is shown
+        await until(pilot, lambda: app.finished is not None)
+        await pilot.pause(0.15)
+        await pilot.press("5")
+        await pilot.pause(0.2)
+
+        def whole(width: int) -> list[str]:
+            """The lines short enough for ``width`` that were not written on one row."""
+            rows = [strip.text for strip in log.lines]
+            return [p for p in log.plain if len(p) + 9 <= width and not any(p in r for r in rows)]
+
+        width = log.scrollable_content_region.width
+        assert width > 60
+        assert any("teacher (teacher) on cpu" in p and "stopped" in p for p in log.plain)
+        assert whole(width) == []  # not cut at 20 columns
+        await pilot.resize_terminal(60, 24)  # every line wrapped again to the new width
+        await pilot.pause(0.3)
+        narrow = log.scrollable_content_region.width
+        assert 0 < narrow < width
+        assert max(len(strip.text.rstrip()) for strip in log.lines) <= narrow
+        assert whole(narrow) == []
+
+
 async def test_enter_opens_the_details_with_lineage_and_loss_history():
     app, fake = make(generations=2)
     async with app.run_test(size=SIZE) as pilot:

@@ -124,9 +124,13 @@ def describe(e: Event) -> tuple[str, str] | None:
 
 
 class EventLog(RichLog):
-    # Lines are wrapped once, when written, to the width then available: RichLog's default
-    # min_width (78) made lines wider than an 80-column terminal's log and cut their ends; a
-    # stable gutter keeps the width the same before and after the scrollbar appears.
+    """RichLog wraps a line once, when it is written, to the width it has then. Hidden under
+    another tab it has none (RichLog then falls back to ``min_width``: lines cut at 20 columns),
+    so lines are written only while the log is laid out; those that arrive meanwhile wait, and
+    every line is wrapped again when the log's width changes (a resized terminal)."""
+
+    # RichLog's default min_width (78) made lines wider than an 80-column terminal's log and cut
+    # their ends; a stable gutter keeps the width the same before and after the scrollbar appears.
     DEFAULT_CSS = "EventLog { scrollbar-gutter: stable; }"
 
     def __init__(self, **kwargs) -> None:
@@ -136,7 +140,40 @@ class EventLog(RichLog):
         self.lines_by_level = {"info": 0, "warning": 0, "error": 0}
         self._failed: set[str] = set()
         self.plain: deque[str] = deque(maxlen=5000)  # the text of each line, for tests and search
+        self._texts: deque[Text] = deque(maxlen=5000)  # each line as written, to wrap again
+        self._unwritten = 0  # the last lines of _texts not yet written (the log had no width)
+        self._wrap_width = 0  # the width the written lines were wrapped to
         self.border_title = "Log"
+
+    def _width(self) -> int:
+        """The width lines wrap to now; 0 while hidden or not yet laid out."""
+        return self.scrollable_content_region.width if self._size_known else 0
+
+    def _put(self, text: Text) -> None:
+        self._texts.append(text)
+        width = self._width()
+        if width > 0 and width == self._wrap_width and not self._unwritten:
+            self.write(text)
+        else:
+            self._unwritten = min(self._unwritten + 1, len(self._texts))
+            self._catch_up()
+
+    def on_resize(self) -> None:
+        # After RichLog's own handler, which learns the size the first time.
+        self.call_later(self._catch_up)
+
+    def _catch_up(self) -> None:
+        width = self._width()
+        if width <= 0:
+            return
+        if width != self._wrap_width:
+            self.clear()
+            todo = list(self._texts)
+        else:
+            todo = list(self._texts)[len(self._texts) - self._unwritten :]
+        self._wrap_width, self._unwritten = width, 0
+        for text in todo:
+            self.write(text)
 
     def apply(self, events: Iterable[Event]) -> int:
         """Write a line per event worth one; return how many were warnings or errors."""
@@ -157,7 +194,7 @@ class EventLog(RichLog):
             stamp = time.strftime("%H:%M:%S", time.localtime(e.ts))
             tag = {"warning": "WARN ", "error": "ERROR "}.get(level, "")
             style = LEVEL_STYLE.get(level, "")
-            self.write(Text.assemble((stamp + " ", "bright_black"), (tag, style), (line, style)))
+            self._put(Text.assemble((stamp + " ", "bright_black"), (tag, style), (line, style)))
         return alarms
 
 
