@@ -51,7 +51,7 @@ from genesis_tui.widgets.audio_pane import AudioPane
 from genesis_tui.widgets.confirm_screen import Choice, ChoiceScreen, ConfirmScreen
 from genesis_tui.widgets.details import IndividualDetails
 from genesis_tui.widgets.details_screen import DetailsScreen
-from genesis_tui.widgets.event_log import EventLog
+from genesis_tui.widgets.event_log import EventLog, is_style
 from genesis_tui.widgets.help_screen import HelpScreen
 from genesis_tui.widgets.leaderboard import Entry, Leaderboard
 from genesis_tui.widgets.loss_pane import LossPane
@@ -164,6 +164,10 @@ class GenesisApp(App[int]):
             getattr(profile, "evolution", None), "generations", None
         )
         self.generation: int | None = None
+        # The run's track and what −fitness is called, from its RunStarted: the TTS track's
+        # style genomes are only scored, so the keys on a selected individual do not apply.
+        self.track = "llm"
+        self.metric = "val loss"
         self.started = False
         self.engine_state = "starting…"
         self.stopping = False
@@ -284,6 +288,7 @@ class GenesisApp(App[int]):
         if isinstance(e, RunStarted):
             self.started = True
             self.generations = e.generations
+            self.track, self.metric = e.track, e.metric
             self.run_name = e.profile
             if e.remote_code:
                 self.run_header.remote_code = list(e.remote_code)
@@ -296,6 +301,8 @@ class GenesisApp(App[int]):
                 self.engine_state = "paused" if self.link.paused else "running"
         elif isinstance(e, GenerationStarted):
             self.generation = e.generation
+        elif self.track != "tts" and is_style(e):  # a log from before RunStarted.track
+            self.track, self.metric = "tts", "score"
         elif isinstance(e, GenerationFinished):
             if not math.isnan(e.best):
                 self.best = f"best {-e.best:.4f} {e.champion}"
@@ -446,6 +453,8 @@ class GenesisApp(App[int]):
                 return (True if self.run_active else None) if paused else False
             if action == "pause_individual" and paused:
                 return False
+            if self.track == "tts":
+                return None  # style genomes: nothing to pause, promote, cull or export
             if e is None or e.gone or not self.run_active:
                 return None
             if action in ("cull", "promote") and paused:
@@ -472,6 +481,11 @@ class GenesisApp(App[int]):
         state = self.engine_state
         if action in ("pause_engine", "resume_engine"):
             return f"{state} — wait for the engine to confirm"
+        if self.track == "tts":
+            return (
+                "the TTS track only scores style genomes: an individual cannot be paused, "
+                "promoted, culled or exported (space pauses the engine)"
+            )
         e = self.selected
         if e is None:
             return "select an individual first (↑ ↓ in the leaderboard)"
@@ -696,7 +710,7 @@ class GenesisApp(App[int]):
         if f.status == "completed":
             text = f"run completed: champion {f.champion}"
             if f.champion_fitness is not None:
-                text += f" (val loss {-f.champion_fitness:.4f})"
+                text += f" ({self.metric} {-f.champion_fitness:.4f})"
             if f.export_dir:
                 text += f"\nchampion adapter: {f.export_dir}"
             return text + f"\nrun directory: {run_dir}"

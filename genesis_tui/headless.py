@@ -282,7 +282,7 @@ def run_headless(
     tts = getattr(orch, "track", "lora") == "tts"
     metric = "val loss"
     if tts:
-        metric = "MCD+tempo" if orch.profile.tts.tempo_weight else "MCD"
+        metric = orch.fitness_metric()
     view = HeadlessView(console, orch.profile.evolution.generations, metric)
     orch.subscribe(view)
     with view.progress:

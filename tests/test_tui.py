@@ -215,6 +215,36 @@ async def test_keys_that_do_not_apply_are_greyed_and_say_why():
         hold.set()
 
 
+async def test_tts_track_greys_the_individual_keys_and_logs_mcd_and_scoring():
+    hold = asyncio.Event()
+    app, fake = make(generations=2, track="tts", hold_before_finish=hold)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot,
+            lambda: "generation 1 done" in log_text(app),
+            what="generation 1 scored",
+        )
+        assert app.query_one(Leaderboard).selected is not None
+        for key in ("P", "x", "e", "p"):
+            assert enabled(app, key) is False, key  # greyed: style genomes are only scored
+        assert enabled(app, "space") is True
+        await pilot.press("x")  # no confirmation asked for a cull that would be refused
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("e", "P", "p")
+        assert fake.commands == []
+        await until(pilot, lambda: any("TTS track only scores" in n for n in notes(app)))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Export the selected individual" not in titles
+        text = log_text(app)
+        assert "generation 0: scoring 4 individuals" in text and "training" not in text
+        assert "generation 0 done in 0.1s: MCD+tempo best" in text and "val loss" not in text
+        hold.set()
+        await until(pilot, lambda: app.finished is not None)
+        await pilot.pause(0.15)
+        assert "run completed: champion" in log_text(app)
+        assert "val loss" not in log_text(app) and "(MCD+tempo " in log_text(app)
+
+
 async def test_a_failed_individual_shows_in_the_table_the_log_and_the_tab():
     app, fake = make(generations=1, fail=("g0-002",))
     async with app.run_test(size=SIZE) as pilot:

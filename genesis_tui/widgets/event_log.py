@@ -34,8 +34,10 @@ from genesis_tui.link import Disconnected
 LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
 
 
-def describe(e: Event) -> tuple[str, str] | None:
-    """(level, line) for an event worth a log line, else None (steps go to the Loss pane)."""
+def describe(e: Event, metric: str = "val loss", track: str = "llm") -> tuple[str, str] | None:
+    """(level, line) for an event worth a log line, else None (steps go to the Loss pane).
+
+    ``metric`` names −fitness and ``track`` the run's track, both as its RunStarted says."""
     if isinstance(e, Disconnected):
         return "error", f"engine link lost: {e.reason}"
     if isinstance(e, (PruneReport, TeacherAnswers)):
@@ -63,7 +65,7 @@ def describe(e: Event) -> tuple[str, str] | None:
         level = {"completed": "info", "stopped": "warning"}.get(e.status, "error")
         text = f"run {e.status}"
         if e.champion:
-            text += f": champion {e.champion} (val loss {-(e.champion_fitness or 0):.4f})"
+            text += f": champion {e.champion} ({metric} {-(e.champion_fitness or 0):.4f})"
         if e.export_dir:
             text += f" → {e.export_dir}"
         if e.reason:
@@ -88,7 +90,8 @@ def describe(e: Event) -> tuple[str, str] | None:
             f"{who}: val loss {e.val_loss:.4f} (ppl {e.perplexity:.2f}) in {e.seconds:.1f}s",
         )
     if isinstance(e, GenerationStarted):
-        return "info", f"generation {e.generation}: training {len(e.to_train)} individuals"
+        verb = "scoring" if track == "tts" else "training"  # style genomes are not trained
+        return "info", f"generation {e.generation}: {verb} {len(e.to_train)} individuals"
     if isinstance(e, IndividualUpdate):
         if e.status == "failed":
             return "error", f"{e.id} failed: {e.reason}"
@@ -105,7 +108,7 @@ def describe(e: Event) -> tuple[str, str] | None:
         return "info", f"  evaluated {len(e.ids)} on {e.worker} in {e.seconds:.1f}s"
     if isinstance(e, GenerationFinished):
         return "info", (
-            f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
+            f"generation {e.generation} done in {e.seconds:.1f}s: {metric} best {-e.best:.4f} · "
             f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
         )
     if isinstance(e, CheckpointWritten):
@@ -143,6 +146,7 @@ class EventLog(RichLog):
         self._texts: deque[Text] = deque(maxlen=5000)  # each line as written, to wrap again
         self._unwritten = 0  # the last lines of _texts not yet written (the log had no width)
         self._wrap_width = 0  # the width the written lines were wrapped to
+        self.track, self.metric = "llm", "val loss"  # as the run's RunStarted says
         self.border_title = "Log"
 
     def _width(self) -> int:
@@ -179,7 +183,11 @@ class EventLog(RichLog):
         """Write a line per event worth one; return how many were warnings or errors."""
         alarms = 0
         for e in events:
-            d = describe(e)
+            if isinstance(e, RunStarted):
+                self.track, self.metric = e.track, e.metric
+            elif self.track != "tts" and is_style(e):  # a log from before RunStarted.track
+                self.track, self.metric = "tts", "score"
+            d = describe(e, self.metric, self.track)
             if d is None:
                 continue
             level, line = d
@@ -196,6 +204,11 @@ class EventLog(RichLog):
             style = LEVEL_STYLE.get(level, "")
             self._put(Text.assemble((stamp + " ", "bright_black"), (tag, style), (line, style)))
         return alarms
+
+
+def is_style(e: Event) -> bool:
+    """An individual of the TTS track (a style genome)."""
+    return isinstance(e, IndividualUpdate) and (e.genome or {}).get("kind") == "style"
 
 
 def remote_code_note(models: list[str]) -> str:
