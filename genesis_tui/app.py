@@ -115,7 +115,13 @@ class GenesisApp(App[int]):
         Binding("P", "promote", "promote", tooltip="promote: it survives into the next generation"),
         Binding("x", "cull", "cull", tooltip="cull it: it leaves the population (asks first)"),
         Binding("e", "export", "export", tooltip="export its adapter (PEFT + mergekit recipe)"),
-        Binding("s", "sort", "sort", show=False, tooltip="sort the leaderboard by the next column"),
+        Binding(
+            "s",
+            "sort",
+            "sort",
+            show=False,
+            tooltip="on the Leaderboard: sort it by the next column",
+        ),
         Binding("question_mark", "help", "help", key_display="?", tooltip="this help"),
         Binding(
             "q",
@@ -437,6 +443,9 @@ class GenesisApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """True: enabled; None: shown greyed out (does not apply now); False: hidden."""
+        if action == "sort":  # only where the leaderboard is in sight
+            tabs = getattr(self, "tabs", None)
+            return tabs is not None and tabs.active == "board" and len(self.screen_stack) == 1
         state = self.engine_state
         if action == "pause_engine":
             if self.run_active and state in ("paused", "resuming…"):
@@ -468,6 +477,8 @@ class GenesisApp(App[int]):
 
     def why_not(self, action: str) -> str:
         """Why ``action`` does not apply now, in a line (shown when its key is pressed anyway)."""
+        if action == "sort":
+            return "s sorts the leaderboard: show it first (1)"
         if self.link.read_only:
             return "this run is open read-only"
         if self.disconnected is not None:

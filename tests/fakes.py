@@ -320,7 +320,7 @@ class FakeEngine:
             status,
             champ.id if champ else None,
             champ.fitness if champ else None,
-            str(self.run_dir.path / "champion") if champ else None,
+            str(self.run_dir.path / "champion") if champ and self.track != "tts" else None,
             reason,
         )
         self.publish(finished)
@@ -341,15 +341,21 @@ class FakeEngine:
                     i.status, i.reason = "culled", "not selected"
                     self._update(i)
             children = []
+            # the engine's operators at their longest: a crossover of two parents, with the
+            # mutation count and (LLM track) a change of rank; or a mutated copy of one parent
+            tts = self.track == "tts"
+            cross, copy = ("blend 0.42 +mut10" if tts else "slerp 0.42 +mut12"), "copy +mut3"
             for k in range(max(0, size - len(keep) - len(waiting))):
-                a = ranked[k % len(ranked)] if ranked else None
-                parents = [a.id] if a else []
-                op = (
-                    ("blend 0.50 +mut1" if self.track == "tts" else "slerp 0.50 +mut1")
-                    if a
-                    else "random"
-                )
-                children.append(self._new(gen, parents, op))
+                if not ranked:
+                    children.append(self._new(gen, [], "random"))
+                    continue
+                a, b = ranked[k % len(ranked)], ranked[(k + 1) % len(ranked)]
+                two = k % 2 == 0 and a is not b
+                parents = [a.id, b.id] if two else [a.id]
+                child = self._new(gen, parents, cross if two else copy)
+                if two and not tts and child.genome.rank != a.genome.rank:
+                    child.operator += f" r{a.genome.rank}→{child.genome.rank}"
+                children.append(child)
             self.population = [*keep, *waiting, *children]
         for ind in self.population:
             self._update(ind)
