@@ -249,7 +249,7 @@ class GenesisApp(App[int]):
         if self._exit or not self.is_running:  # the panes are being torn down
             return
         try:
-            self._flush()
+            self._apply_pending()
         except NoMatches as exc:
             # The timer fired while the app was shutting down without exit() (a terminal going
             # away, a test harness ending): Textual removes the panes' children before it stops
@@ -257,7 +257,7 @@ class GenesisApp(App[int]):
             # missing one means teardown; the events stay unapplied, nothing is left to show them.
             self.log.warning(f"event flush during teardown: {exc}")
 
-    def _flush(self) -> None:
+    def _apply_pending(self) -> None:
         events, self._pending = self._pending, []
         snap = self.sampler.latest()
         fresh = snap is not None and snap.seq != self._telemetry_seq

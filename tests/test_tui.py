@@ -523,6 +523,28 @@ async def test_an_engine_crash_shows_as_a_failed_run():
     assert app.return_value == 1
 
 
+async def test_output_flushed_while_the_app_runs_does_not_break_it():
+    # Textual captures stdout/stderr while the app runs and calls App._flush(stderr=...) on a
+    # flush (a logging handler flushes after every record): the app's own method must not be
+    # named so.
+    import logging
+    import sys
+
+    app, fake = make(generations=1)
+    async with app.run_test(size=SIZE) as pilot:
+        print("a line from a library", flush=True)
+        sys.stderr.write("a warning\n")
+        sys.stderr.flush()
+        logger, handler = logging.getLogger("genesis-test"), logging.StreamHandler(sys.stderr)
+        logger.addHandler(handler)
+        try:
+            logger.warning("logged")
+        finally:
+            logger.removeHandler(handler)
+        await until(pilot, lambda: app.finished is not None, 15)
+        assert app.is_running
+
+
 # --- telemetry ------------------------------------------------------------------------------
 
 
