@@ -223,7 +223,7 @@ def main() -> int:
         return 0
     global THREADS
     THREADS = args.threads
-    out = Path(args.out or tempfile.mkdtemp(prefix="bench-science-"))
+    out = Path(args.out or tempfile.mkdtemp(prefix="bench-science-")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     only = {x for x in args.only.split(",") if x}
     print(f"runs under {out}", flush=True)

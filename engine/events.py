@@ -65,6 +65,11 @@ class RunStarted(Event):
     # The models loaded with trust_remote_code (their repository's Python runs in the workers):
     # "student", "teacher"; the UI keeps this in sight for the whole run.
     remote_code: list[str] = field(default_factory=list)
+    # "llm" (LoRA adapters: pause, promote, cull, export apply) or "tts" (style genomes, scored
+    # only: the engine's pause and stop are the operator's commands); logs without it are "llm".
+    track: str = "llm"
+    # What −fitness is, for displays: "val loss" (llm), "MCD" or "MCD+tempo" (tts).
+    metric: str = "val loss"
 
 
 @dataclass(frozen=True)

@@ -722,6 +722,9 @@ class Orchestrator(RunControl):
                 lambda job: m.ExportTask(
                     job, ind.id, ind.genome.to_dict(), blob, str(out_dir), merge, base_ref, files
                 ),
+                # Ahead of the queued trainings: the acknowledgement promises it right after the
+                # coliseum's job in flight.
+                urgent=True,
             )
         except JobError as exc:
             self.publish(Log("error", f"export of {ind.id} failed: {exc.reason}"))

@@ -18,6 +18,8 @@ from engine.rundir import RunDir
 
 
 class RunControl:
+    track = "llm"  # RunStarted.track; the TTS track's orchestrator says "tts"
+
     def __init__(self, profile: Any, run: RunDir) -> None:
         self.profile = profile
         self.run_dir = run
@@ -75,6 +77,10 @@ class RunControl:
             )
         return False, f"unknown command {cmd.kind}"
 
+    def fitness_metric(self) -> str:
+        """What −fitness is called (RunStarted.metric): validation loss, unless a track says."""
+        return "val loss"
+
     async def _gate(self) -> None:
         """A safe point: waits while the engine is paused."""
         if self._resume_gate is not None:
@@ -113,6 +119,8 @@ class RunControl:
                 population_size,
                 resumed_from,
                 list(remote_code or []),
+                self.track,
+                self.fitness_metric(),
             )
         )
         for note in self.start_notes:

@@ -51,7 +51,7 @@ from genesis_tui.widgets.audio_pane import AudioPane
 from genesis_tui.widgets.confirm_screen import Choice, ChoiceScreen, ConfirmScreen
 from genesis_tui.widgets.details import IndividualDetails
 from genesis_tui.widgets.details_screen import DetailsScreen
-from genesis_tui.widgets.event_log import EventLog
+from genesis_tui.widgets.event_log import EventLog, is_style
 from genesis_tui.widgets.help_screen import HelpScreen
 from genesis_tui.widgets.leaderboard import Entry, Leaderboard
 from genesis_tui.widgets.loss_pane import LossPane
@@ -115,7 +115,13 @@ class GenesisApp(App[int]):
         Binding("P", "promote", "promote", tooltip="promote: it survives into the next generation"),
         Binding("x", "cull", "cull", tooltip="cull it: it leaves the population (asks first)"),
         Binding("e", "export", "export", tooltip="export its adapter (PEFT + mergekit recipe)"),
-        Binding("s", "sort", "sort", show=False, tooltip="sort the leaderboard by the next column"),
+        Binding(
+            "s",
+            "sort",
+            "sort",
+            show=False,
+            tooltip="on the Leaderboard: sort it by the next column",
+        ),
         Binding("question_mark", "help", "help", key_display="?", tooltip="this help"),
         Binding(
             "q",
@@ -164,6 +170,10 @@ class GenesisApp(App[int]):
             getattr(profile, "evolution", None), "generations", None
         )
         self.generation: int | None = None
+        # The run's track and what −fitness is called, from its RunStarted: the TTS track's
+        # style genomes are only scored, so the keys on a selected individual do not apply.
+        self.track = "llm"
+        self.metric = "val loss"
         self.started = False
         self.engine_state = "starting…"
         self.stopping = False
@@ -239,7 +249,7 @@ class GenesisApp(App[int]):
         if self._exit or not self.is_running:  # the panes are being torn down
             return
         try:
-            self._flush()
+            self._apply_pending()
         except NoMatches as exc:
             # The timer fired while the app was shutting down without exit() (a terminal going
             # away, a test harness ending): Textual removes the panes' children before it stops
@@ -247,7 +257,7 @@ class GenesisApp(App[int]):
             # missing one means teardown; the events stay unapplied, nothing is left to show them.
             self.log.warning(f"event flush during teardown: {exc}")
 
-    def _flush(self) -> None:
+    def _apply_pending(self) -> None:
         events, self._pending = self._pending, []
         snap = self.sampler.latest()
         fresh = snap is not None and snap.seq != self._telemetry_seq
@@ -284,6 +294,7 @@ class GenesisApp(App[int]):
         if isinstance(e, RunStarted):
             self.started = True
             self.generations = e.generations
+            self.track, self.metric = e.track, e.metric
             self.run_name = e.profile
             if e.remote_code:
                 self.run_header.remote_code = list(e.remote_code)
@@ -296,6 +307,8 @@ class GenesisApp(App[int]):
                 self.engine_state = "paused" if self.link.paused else "running"
         elif isinstance(e, GenerationStarted):
             self.generation = e.generation
+        elif self.track != "tts" and is_style(e):  # a log from before RunStarted.track
+            self.track, self.metric = "tts", "score"
         elif isinstance(e, GenerationFinished):
             if not math.isnan(e.best):
                 self.best = f"best {-e.best:.4f} {e.champion}"
@@ -430,6 +443,9 @@ class GenesisApp(App[int]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """True: enabled; None: shown greyed out (does not apply now); False: hidden."""
+        if action == "sort":  # only where the leaderboard is in sight
+            tabs = getattr(self, "tabs", None)
+            return tabs is not None and tabs.active == "board" and len(self.screen_stack) == 1
         state = self.engine_state
         if action == "pause_engine":
             if self.run_active and state in ("paused", "resuming…"):
@@ -446,6 +462,8 @@ class GenesisApp(App[int]):
                 return (True if self.run_active else None) if paused else False
             if action == "pause_individual" and paused:
                 return False
+            if self.track == "tts":
+                return None  # style genomes: nothing to pause, promote, cull or export
             if e is None or e.gone or not self.run_active:
                 return None
             if action in ("cull", "promote") and paused:
@@ -459,6 +477,8 @@ class GenesisApp(App[int]):
 
     def why_not(self, action: str) -> str:
         """Why ``action`` does not apply now, in a line (shown when its key is pressed anyway)."""
+        if action == "sort":
+            return "s sorts the leaderboard: show it first (1)"
         if self.link.read_only:
             return "this run is open read-only"
         if self.disconnected is not None:
@@ -472,6 +492,11 @@ class GenesisApp(App[int]):
         state = self.engine_state
         if action in ("pause_engine", "resume_engine"):
             return f"{state} — wait for the engine to confirm"
+        if self.track == "tts":
+            return (
+                "the TTS track only scores style genomes: an individual cannot be paused, "
+                "promoted, culled or exported (space pauses the engine)"
+            )
         e = self.selected
         if e is None:
             return "select an individual first (↑ ↓ in the leaderboard)"
@@ -696,7 +721,7 @@ class GenesisApp(App[int]):
         if f.status == "completed":
             text = f"run completed: champion {f.champion}"
             if f.champion_fitness is not None:
-                text += f" (val loss {-f.champion_fitness:.4f})"
+                text += f" ({self.metric} {-f.champion_fitness:.4f})"
             if f.export_dir:
                 text += f"\nchampion adapter: {f.export_dir}"
             return text + f"\nrun directory: {run_dir}"

@@ -304,7 +304,7 @@ def run_headless(
     tts = getattr(orch, "track", "lora") == "tts"
     metric = "val loss"
     if tts:
-        metric = "MCD+tempo" if orch.profile.tts.tempo_weight else "MCD"
+        metric = orch.fitness_metric()
     view = HeadlessView(console, orch.planned_generations, metric)
     orch.subscribe(view)
     with view.progress:

@@ -89,6 +89,8 @@ class FakeEngine:
     ``step_delay`` paces the script; ``fail`` names individuals whose training fails;
     ``kd`` adds a distillation term; ``hold_before_finish`` (an asyncio.Event set by the test)
     keeps the run open before ``RunFinished``; ``pause_latency`` delays ``EnginePaused``.
+    ``track="tts"`` plays the TTS track instead: style genomes, scored by MCD + tempo and never
+    trained, and only the engine's pause and stop as commands (as ``StyleOrchestrator``).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class FakeEngine:
         name: str = "fake",
         hold_before_finish: asyncio.Event | None = None,
         with_teacher: bool = True,
+        track: str = "llm",
     ) -> None:
         self.profile = SimpleNamespace(
             run=SimpleNamespace(name=name, seed=1),
@@ -121,7 +124,8 @@ class FakeEngine:
         self.steps, self.step_delay, self.fail, self.kd = steps, step_delay, set(fail), kd
         self.pause_latency = pause_latency
         self.hold_before_finish = hold_before_finish
-        self.with_teacher = with_teacher
+        self.track = track
+        self.with_teacher = with_teacher and track != "tts"
         self.commands: list[Command] = []
         self.events: list[Event] = []
         self._gate: asyncio.Event | None = None
@@ -168,6 +172,8 @@ class FakeEngine:
             if self.paused:
                 self._apply(PauseEngine(False))
             return True, "stopping after the work in flight"
+        if self.track == "tts":
+            return False, f"{cmd.kind} is not available in the TTS track (pause and stop are)"
         ind = self.find(getattr(cmd, "id", ""))
         if ind is None:
             return False, f"no individual {getattr(cmd, 'id', '?')!r} in the current population"
@@ -199,7 +205,7 @@ class FakeEngine:
                 return False, f"{ind.id} has no trained adapter yet"
             path = str(self.run_dir.path / "exports" / ind.id)
             self._later(0.02, Exported(ind.id, path, ind.val_loss))
-            return True, f"exporting {ind.id}"
+            return True, f"exporting {ind.id} (after the coliseum's job in flight)"
         return False, f"unknown command {cmd.kind}"
 
     def _later(self, delay: float, event: Event) -> None:
@@ -210,6 +216,11 @@ class FakeEngine:
 
     def _update(self, ind: FakeIndividual) -> None:
         g = ind.genome
+        genome = g.to_dict()
+        if self.track == "tts":  # a style genome: 10 logits, their softmax the weights
+            logits = [((g.seed * (k + 3)) % 7 - 3) / 4 for k in range(10)]
+            exps = [math.exp(x) for x in logits]
+            genome = {"kind": "style", "logits": logits, "weights": [x / sum(exps) for x in exps]}
         self.publish(
             IndividualUpdate(
                 ind.id,
@@ -224,7 +235,7 @@ class FakeEngine:
                 ind.val_loss,
                 ind.perplexity,
                 ind.reason,
-                g.to_dict(),
+                genome,
             )
         )
 
@@ -246,16 +257,28 @@ class FakeEngine:
         self._gate = asyncio.Event()
         self._gate.set()
         gens, size = self.profile.evolution.generations, self.profile.population.size
-        self.publish(RunStarted(str(self.run_dir.path), self.profile.run.name, 1, gens, size))
+        tts = self.track == "tts"
+        self.publish(
+            RunStarted(
+                str(self.run_dir.path),
+                self.profile.run.name,
+                1,
+                gens,
+                size,
+                track=self.track,
+                metric="MCD+tempo" if tts else "val loss",
+            )
+        )
         pid = os.getpid()
-        workers = [("coliseum-0", "coliseum")] + (
+        workers = [("style-0" if tts else "coliseum-0", "style" if tts else "coliseum")] + (
             [("teacher", "teacher")] if self.with_teacher else []
         )
         for name, role in workers:
             self.publish(WorkerState(name, role, "cpu", "starting", pid, "1 threads"))
         for name, role in workers:
             self.publish(WorkerState(name, role, "cpu", "ready", pid, "tiny model"))
-        self.publish(ReferenceReport("student", 5.2, math.exp(5.2), 0.01))
+        if not tts:
+            self.publish(ReferenceReport("student", 5.2, math.exp(5.2), 0.01))
         if self.with_teacher:
             self.publish(ReferenceReport("teacher", 3.9, math.exp(3.9), 0.01))
         status, reason = "completed", ""
@@ -297,7 +320,7 @@ class FakeEngine:
             status,
             champ.id if champ else None,
             champ.fitness if champ else None,
-            str(self.run_dir.path / "champion") if champ else None,
+            str(self.run_dir.path / "champion") if champ and self.track != "tts" else None,
             reason,
         )
         self.publish(finished)
@@ -318,10 +341,21 @@ class FakeEngine:
                     i.status, i.reason = "culled", "not selected"
                     self._update(i)
             children = []
+            # the engine's operators at their longest: a crossover of two parents, with the
+            # mutation count and (LLM track) a change of rank; or a mutated copy of one parent
+            tts = self.track == "tts"
+            cross, copy = ("blend 0.42 +mut10" if tts else "slerp 0.42 +mut12"), "copy +mut3"
             for k in range(max(0, size - len(keep) - len(waiting))):
-                a = ranked[k % len(ranked)] if ranked else None
-                parents = [a.id] if a else []
-                children.append(self._new(gen, parents, "slerp 0.50 +mut1" if a else "random"))
+                if not ranked:
+                    children.append(self._new(gen, [], "random"))
+                    continue
+                a, b = ranked[k % len(ranked)], ranked[(k + 1) % len(ranked)]
+                two = k % 2 == 0 and a is not b
+                parents = [a.id, b.id] if two else [a.id]
+                child = self._new(gen, parents, cross if two else copy)
+                if two and not tts and child.genome.rank != a.genome.rank:
+                    child.operator += f" r{a.genome.rank}→{child.genome.rank}"
+                children.append(child)
             self.population = [*keep, *waiting, *children]
         for ind in self.population:
             self._update(ind)
@@ -329,6 +363,9 @@ class FakeEngine:
     async def _train(self, ind: FakeIndividual, gen: int) -> None:
         await self._step()
         if ind.paused or ind.id in self._culled or self.stop_requested:
+            return
+        if self.track == "tts":  # style genomes are scored, never trained
+            ind.trained = True
             return
         ind.status = "training"
         self._update(ind)
@@ -359,12 +396,17 @@ class FakeEngine:
         for i in todo:
             i.status = "evaluating"
             self._update(i)
-        if todo:
+        if todo and self.track != "tts":
             self.publish(EvaluationFinished("coliseum-0", [i.id for i in todo], 1024, 0.02))
         for i in todo:
-            ce = i.loss_history[-1] / (1.5 if self.kd else 1.0)  # the last step's ce term
-            loss = ce + 0.1 + 0.01 * (int(i.id[-3:]) % 7)
+            if self.track == "tts":  # mean MCD in dB
+                loss = 4.0 - 0.2 * gen + 0.03 * (int(i.id[-3:]) % 7)
+            else:
+                ce = i.loss_history[-1] / (1.5 if self.kd else 1.0)  # the last step's ce term
+                loss = ce + 0.1 + 0.01 * (int(i.id[-3:]) % 7)
             i.val_loss, i.perplexity, i.fitness = loss, math.exp(loss), -loss
+            if self.track == "tts":  # fitness −(MCD + tempo penalty); no perplexity
+                i.perplexity, i.fitness = None, -(loss + 0.25)
             i.status = "promoted" if i.promoted else "evaluated"
             self._update(i)
 

@@ -150,3 +150,28 @@ async def test_engine_pause_holds_work_until_resumed(tiny_profile):
     assert not trained_while_paused
     kinds = [e.paused for e in orch.run_dir.read_events() if isinstance(e, ev.EnginePaused)]
     assert kinds == [True, False]
+
+
+async def test_an_export_runs_after_the_job_in_flight_not_after_the_queued_trainings(
+    tiny_profile,
+):
+    # One coliseum, four trainings queued at once: an export asked for when the first finishes
+    # waits for the second (then in flight), never for the third and fourth.
+    orch = make(tiny_profile, evolution__generations=1)
+    order: list[str] = []
+    acks = []
+
+    def on(e):
+        if isinstance(e, ev.TrainFinished):
+            order.append(f"trained {e.id}")
+            if len(order) == 1:
+                acks.append(orch.submit(ev.ExportIndividual(e.id)))
+        elif isinstance(e, ev.Exported) and "exports" in e.path:
+            order.append(f"exported {e.id}")
+
+    orch.subscribe(on)
+    done = await orch.run()
+    assert done.status == "completed"
+    assert acks[0].ok and "after the coliseum's job in flight" in acks[0].detail
+    assert order.index(f"exported {order[0].split()[1]}") == 2, order
+    assert (orch.run_dir.path / "exports" / order[0].split()[1]).is_dir()

@@ -17,7 +17,13 @@ import pytest
 
 from engine import genetics
 from engine.errors import ProfileError
-from engine.events import AudioSample, GenerationFinished, IndividualUpdate, RunFinished
+from engine.events import (
+    AudioSample,
+    GenerationFinished,
+    IndividualUpdate,
+    RunFinished,
+    RunStarted,
+)
 from engine.profile import parse_profile
 from engine.rundir import RunDir
 from engine.tts.evolution import (
@@ -181,6 +187,9 @@ def test_tiny_run_writes_events_checkpoints_and_wavs(tiny_run):
     assert [g.generation for g in gens] == [0, 1]
     assert any(isinstance(e, IndividualUpdate) and e.genome.get("kind") == "style" for e in logged)
     assert isinstance(logged[-1], RunFinished)
+    # the UI learns the track and what −fitness is from RunStarted, not from the engine's words
+    started = next(e for e in logged if isinstance(e, RunStarted))
+    assert (started.track, started.metric) == ("tts", "MCD+tempo")
 
 
 def test_champion_never_gets_worse(tiny_run):
@@ -281,3 +290,9 @@ async def test_the_tui_shows_a_tts_run_and_its_champion_sample(tiny_run, monkeyp
         shown = console.export_text()
         assert "dB to the target style" in shown and "× the target's" in shown, shown
         assert "LoRA" not in shown
+        # the Log speaks of scoring and of MCD; the individual keys are greyed out
+        from genesis_tui.widgets.event_log import EventLog
+
+        log = "\n".join(app.query_one(EventLog).plain)
+        assert "generation 0: scoring 6 individuals" in log and "MCD+tempo best" in log
+        assert "val loss" not in log and app.track == "tts"

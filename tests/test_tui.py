@@ -215,6 +215,37 @@ async def test_keys_that_do_not_apply_are_greyed_and_say_why():
         hold.set()
 
 
+async def test_tts_track_greys_the_individual_keys_and_logs_mcd_and_scoring():
+    hold = asyncio.Event()
+    app, fake = make(generations=2, track="tts", hold_before_finish=hold)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot,
+            lambda: "generation 1 done" in log_text(app),
+            15,
+            what="generation 1 scored",
+        )
+        assert app.query_one(Leaderboard).selected is not None
+        for key in ("P", "x", "e", "p"):
+            assert enabled(app, key) is False, key  # greyed: style genomes are only scored
+        assert enabled(app, "space") is True
+        await pilot.press("x")  # no confirmation asked for a cull that would be refused
+        assert not isinstance(app.screen, ConfirmScreen)
+        await pilot.press("e", "P", "p")
+        assert fake.commands == []
+        await until(pilot, lambda: any("TTS track only scores" in n for n in notes(app)))
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        assert "Export the selected individual" not in titles
+        text = log_text(app)
+        assert "generation 0: scoring 4 individuals" in text and "training" not in text
+        assert "generation 0 done in 0.1s: MCD+tempo best" in text and "val loss" not in text
+        hold.set()
+        await until(pilot, lambda: app.finished is not None, 15)
+        await pilot.pause(0.15)
+        assert "run completed: champion" in log_text(app)
+        assert "val loss" not in log_text(app) and "(MCD+tempo " in log_text(app)
+
+
 async def test_a_failed_individual_shows_in_the_table_the_log_and_the_tab():
     app, fake = make(generations=1, fail=("g0-002",))
     async with app.run_test(size=SIZE) as pilot:
@@ -231,6 +262,35 @@ async def test_a_failed_individual_shows_in_the_table_the_log_and_the_tab():
 
 
 # --- views ----------------------------------------------------------------------------------
+
+
+async def test_log_lines_that_arrive_under_another_tab_wrap_to_the_log_width():
+    app, fake = make(generations=1, steps=40, step_delay=0.01)
+    async with app.run_test(size=SIZE) as pilot:
+        log = app.query_one(EventLog)
+        await pilot.press("5")  # laid out once: RichLog now knows a size…
+        await pilot.pause(0.1)
+        await pilot.press("1")  # …and has none while the Leaderboard is shown
+        await until(pilot, lambda: app.finished is not None, 15)
+        await pilot.pause(0.15)
+        await pilot.press("5")
+        await pilot.pause(0.2)
+
+        def whole(width: int) -> list[str]:
+            """The lines short enough for ``width`` that were not written on one row."""
+            rows = [strip.text for strip in log.lines]
+            return [p for p in log.plain if len(p) + 9 <= width and not any(p in r for r in rows)]
+
+        width = log.scrollable_content_region.width
+        assert width > 60
+        assert any("teacher (teacher) on cpu" in p and "stopped" in p for p in log.plain)
+        assert whole(width) == []  # not cut at 20 columns
+        await pilot.resize_terminal(60, 24)  # every line wrapped again to the new width
+        await pilot.pause(0.3)
+        narrow = log.scrollable_content_region.width
+        assert 0 < narrow < width
+        assert max(len(strip.text.rstrip()) for strip in log.lines) <= narrow
+        assert whole(narrow) == []
 
 
 async def test_enter_opens_the_details_with_lineage_and_loss_history():
@@ -279,6 +339,77 @@ async def test_s_cycles_the_sort_column_and_home_follows_the_top():
         assert board.pinned and board.cursor_row == 2
         await pilot.press("home")
         assert not board.pinned and board.cursor_row == 0
+
+
+async def test_s_sorts_only_where_the_leaderboard_is_shown():
+    app, fake = make(generations=1)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.finished is not None, 15)
+        board = app.query_one(Leaderboard)
+        assert enabled(app, "s") is None or app.check_action("sort", ()) is True
+        await pilot.press("4")  # the Audio tab
+        assert app.check_action("sort", ()) is False
+        await pilot.press("s")
+        assert board.sort_column == "fitness"  # unchanged
+        await until(pilot, lambda: any("show it first (1)" in n for n in notes(app)))
+        assert "Sort the leaderboard by the next column" not in [
+            c.title for c in app.get_system_commands(app.screen)
+        ]
+        await pilot.press("1", "s")
+        assert board.sort_column == "gen"
+
+
+def board_rows(board: Leaderboard) -> list[str]:
+    """The board's rows as they are on the screen (the header first)."""
+    return [board.render_line(y).text for y in range(board.scrollable_content_region.height)]
+
+
+async def test_at_80_columns_the_leaderboard_fits_and_shows_the_operator_whole():
+    app, fake = make(generations=3, population=6)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.finished is not None, 15)
+        await pilot.pause(0.15)
+        board = app.query_one(Leaderboard)
+        # no sideways scrolling: every column is in sight
+        assert board.virtual_size.width <= board.scrollable_content_region.width
+        rows = board_rows(board)
+        assert "operator" in rows[0] and "val loss" in rows[0]
+        assert "fitness" not in rows[0]  # −val loss; gen is in the id, ppl is exp(val loss)
+        shown = 0
+        for e in board.entries.values():
+            row = next((r for r in rows if r.lstrip().startswith(e.id)), None)
+            if row is not None:
+                assert e.operator in row and "+".join(e.parents) in row, (e.operator, row)
+                shown += 1
+        assert shown > 8
+        assert any("slerp 0.42 +mut12 r4→8" in r and "+" in r.split()[4] for r in rows[1:])
+        await pilot.resize_terminal(160, 40)  # wide (beside the details column): every column
+        await pilot.pause(0.3)
+        header_row = board_rows(board)[0]
+        assert all(c in header_row for c in ("gen", "fitness", "ppl", "rank", "operator"))
+
+
+async def test_a_finished_run_shows_its_champion_on_the_leaderboard():
+    hold = asyncio.Event()
+    app, fake = make(generations=3, population=8, hold_before_finish=hold)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.generation == 2 and app.query_one(Leaderboard).row_count, 15)
+        await until(pilot, lambda: "generation 2 done" in log_text(app), 15)
+        board = app.query_one(Leaderboard)
+        await pilot.press("end")  # an old selection, scrolled to the bottom
+        await pilot.pause(0.1)
+        assert board.pinned and board.scroll_y > 0
+        await pilot.press("5")
+        hold.set()
+        await until(pilot, lambda: app.finished is not None, 15)
+        await pilot.pause(0.15)
+        await pilot.press("1")
+        await pilot.pause(0.15)
+        assert board.selected is not None and board.selected.id == app.finished.champion
+        row = board.get_row_index(app.finished.champion)
+        top = round(board.scroll_y)
+        assert top <= row < top + board.scrollable_content_region.height - 1  # in sight
+        assert any(r.lstrip().startswith(app.finished.champion) for r in board_rows(board))
 
 
 async def test_help_screen_lists_every_key_and_the_panes_keep_updating_under_it():
@@ -390,6 +521,28 @@ async def test_an_engine_crash_shows_as_a_failed_run():
         assert "the run failed" in app.board.border_title
         await pilot.press("q")
     assert app.return_value == 1
+
+
+async def test_output_flushed_while_the_app_runs_does_not_break_it():
+    # Textual captures stdout/stderr while the app runs and calls App._flush(stderr=...) on a
+    # flush (a logging handler flushes after every record): the app's own method must not be
+    # named so.
+    import logging
+    import sys
+
+    app, fake = make(generations=1)
+    async with app.run_test(size=SIZE) as pilot:
+        print("a line from a library", flush=True)
+        sys.stderr.write("a warning\n")
+        sys.stderr.flush()
+        logger, handler = logging.getLogger("genesis-test"), logging.StreamHandler(sys.stderr)
+        logger.addHandler(handler)
+        try:
+            logger.warning("logged")
+        finally:
+            logger.removeHandler(handler)
+        await until(pilot, lambda: app.finished is not None, 15)
+        assert app.is_running
 
 
 # --- telemetry ------------------------------------------------------------------------------

@@ -99,6 +99,9 @@ class StyleOrchestrator(RunControl):
             return super()._apply(cmd)
         return False, f"{cmd.kind} is not available in the TTS track (pause and stop are)"
 
+    def fitness_metric(self) -> str:
+        return "MCD+tempo" if self.profile.tts.tempo_weight else "MCD"
+
     # --- population -----------------------------------------------------------------------------
 
     def initial_population(self) -> list[StyleIndividual]:

@@ -13,6 +13,7 @@ forever and hang every other worker; a channel of its own dies with it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import os
 import threading
@@ -128,6 +129,49 @@ def auto_threads(profile: Any, device: str, role: str) -> int:
     return cores if role == "teacher" else max(1, cores // max(1, cpu_coliseums))
 
 
+class IdleWorkers:
+    """The free workers of one role, and the jobs waiting for one.
+
+    A free worker goes to the longest-waiting *urgent* job first (an operator's export), then to
+    the longest-waiting ordinary one: an urgent job waits for the job in flight on a worker, never
+    for the trainings queued behind it. An exception put here (every worker of the role is gone)
+    wakes waiters the same way a worker does."""
+
+    def __init__(self) -> None:
+        self._free: collections.deque[Any] = collections.deque()
+        self._waiting: dict[bool, collections.deque[asyncio.Future]] = {
+            True: collections.deque(),
+            False: collections.deque(),
+        }
+
+    def put_nowait(self, item: Any) -> None:
+        for urgent in (True, False):
+            waiters = self._waiting[urgent]
+            while waiters:
+                fut = waiters.popleft()
+                if not fut.done():
+                    fut.set_result(item)
+                    return
+        self._free.append(item)
+
+    def waiting(self, urgent: bool | None = None) -> int:
+        """Jobs waiting for a worker (``urgent`` only, ordinary only, or all)."""
+        kinds = (True, False) if urgent is None else (urgent,)
+        return sum(1 for k in kinds for f in self._waiting[k] if not f.done())
+
+    async def get(self, urgent: bool = False) -> Any:
+        if self._free:
+            return self._free.popleft()
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[urgent].append(fut)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # handed a worker as it was cancelled
+                self.put_nowait(fut.result())
+            raise
+
+
 class PoolBase:
     """What every executor's pool shares: its workers (each with a ``role`` and ``gone``)."""
 
@@ -167,7 +211,7 @@ class WorkerPool(PoolBase):
         if specs is None:
             self._profile_workers(profile, with_teacher)
         self._futures: dict[int, asyncio.Future] = {}
-        self._idle: dict[str, asyncio.Queue] = {}
+        self._idle: dict[str, IdleWorkers] = {}
         self._jobs = itertools.count(1)
         self._closing = False
         self._reader: threading.Thread | None = None
@@ -182,7 +226,7 @@ class WorkerPool(PoolBase):
     async def start(self) -> None:
         """Spawn every worker and wait until each has loaded its model (or one fails to)."""
         self._loop = asyncio.get_running_loop()
-        self._idle = {role: asyncio.Queue() for role in self.roles()}
+        self._idle = {role: IdleWorkers() for role in self.roles()}
         self._reader = threading.Thread(
             target=self._read_results, name="genesis-results", daemon=True
         )
@@ -415,15 +459,19 @@ class WorkerPool(PoolBase):
         role: str,
         make_task: Callable[[int], Any],
         still_wanted: Callable[[], bool] = lambda: True,
+        *,
+        urgent: bool = False,
     ) -> Any:
         """Run one job on a free worker of ``role``; a job lost to a dead worker is retried elsewhere.
 
         ``still_wanted`` is asked again once a worker is free: a job queued behind others may have
         been paused, culled or stopped meanwhile, and then raises ``JobCancelled`` instead of running.
+        An ``urgent`` job (an operator's export) takes the first worker that comes free, ahead of
+        the ordinary jobs already waiting.
         """
         last: Exception | None = None
         for _ in range(MAX_ATTEMPTS):
-            w = await self._idle[role].get()
+            w = await self._idle[role].get(urgent)
             if isinstance(w, Exception):
                 self._idle[role].put_nowait(w)
                 raise w

@@ -39,6 +39,7 @@ from engine.workers.lifeline import record
 from engine.workers.pool import (
     MAX_ATTEMPTS,
     MAX_RESTARTS,
+    IdleWorkers,
     JobCancelled,
     JobError,
     PoolBase,
@@ -256,7 +257,7 @@ class RayPool(PoolBase):
         self.run_dir = log_dir.parent if log_dir is not None else None
         self._shipped: dict[str, Any] = {}
         self.paused = False
-        self._idle: dict[str, asyncio.Queue] = {}
+        self._idle: dict[str, IdleWorkers] = {}
         self._started_ray = False
         self._reaper: Any = None  # engine.workers.lifeline's, for a private Ray instance
         self._closing = False
@@ -267,7 +268,7 @@ class RayPool(PoolBase):
     async def start(self) -> None:
         import ray
 
-        self._idle = {role: asyncio.Queue() for role in self.roles()}
+        self._idle = {role: IdleWorkers() for role in self.roles()}
         address = self.profile.devices.ray_address
         demand = [ray_resources(w.device, w.threads) for w in self.workers]
         if not ray.is_initialized():
@@ -457,13 +458,16 @@ class RayPool(PoolBase):
         role: str,
         make_task: Callable[[int], Any],
         still_wanted: Callable[[], bool] = lambda: True,
+        *,
+        urgent: bool = False,
     ) -> Any:
-        """Run one job on a free actor of ``role``; a job lost with its actor runs again elsewhere."""
+        """Run one job on a free actor of ``role``; a job lost with its actor runs again elsewhere.
+        An ``urgent`` job takes the first actor that comes free, ahead of the jobs waiting."""
         from ray.exceptions import RayActorError
 
         last: Exception | None = None
         for _ in range(MAX_ATTEMPTS):
-            w = await self._idle[role].get()
+            w = await self._idle[role].get(urgent)
             if isinstance(w, Exception):
                 self._idle[role].put_nowait(w)
                 raise w

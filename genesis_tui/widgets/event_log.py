@@ -35,8 +35,10 @@ from genesis_tui.link import Disconnected
 LEVEL_STYLE = {"info": "", "warning": "yellow", "error": "bold red"}
 
 
-def describe(e: Event) -> tuple[str, str] | None:
-    """(level, line) for an event worth a log line, else None (steps go to the Loss pane)."""
+def describe(e: Event, metric: str = "val loss", track: str = "llm") -> tuple[str, str] | None:
+    """(level, line) for an event worth a log line, else None (steps go to the Loss pane).
+
+    ``metric`` names −fitness and ``track`` the run's track, both as its RunStarted says."""
     if isinstance(e, Disconnected):
         return "error", f"engine link lost: {e.reason}"
     if isinstance(e, (PruneReport, TeacherAnswers)):
@@ -64,7 +66,7 @@ def describe(e: Event) -> tuple[str, str] | None:
         level = {"completed": "info", "stopped": "warning"}.get(e.status, "error")
         text = f"run {e.status}"
         if e.champion:
-            text += f": champion {e.champion} (val loss {-(e.champion_fitness or 0):.4f})"
+            text += f": champion {e.champion} ({metric} {-(e.champion_fitness or 0):.4f})"
         if e.export_dir:
             text += f" → {e.export_dir}"
         if e.reason:
@@ -89,7 +91,8 @@ def describe(e: Event) -> tuple[str, str] | None:
             f"{who}: val loss {e.val_loss:.4f} (ppl {e.perplexity:.2f}) in {e.seconds:.1f}s",
         )
     if isinstance(e, GenerationStarted):
-        return "info", f"generation {e.generation}: training {len(e.to_train)} individuals"
+        verb = "scoring" if track == "tts" else "training"  # style genomes are not trained
+        return "info", f"generation {e.generation}: {verb} {len(e.to_train)} individuals"
     if isinstance(e, IndividualUpdate):
         if e.status == "failed":
             return "error", f"{e.id} failed: {e.reason}"
@@ -106,7 +109,7 @@ def describe(e: Event) -> tuple[str, str] | None:
         return "info", f"  evaluated {len(e.ids)} on {e.worker} in {e.seconds:.1f}s"
     if isinstance(e, GenerationFinished):
         return "info", (
-            f"generation {e.generation} done in {e.seconds:.1f}s: val loss best {-e.best:.4f} · "
+            f"generation {e.generation} done in {e.seconds:.1f}s: {metric} best {-e.best:.4f} · "
             f"mean {-e.mean:.4f} · worst {-e.worst:.4f} · champion {e.champion}"
         )
     if isinstance(e, CheckpointWritten):
@@ -132,9 +135,13 @@ def describe(e: Event) -> tuple[str, str] | None:
 
 
 class EventLog(RichLog):
-    # Lines are wrapped once, when written, to the width then available: RichLog's default
-    # min_width (78) made lines wider than an 80-column terminal's log and cut their ends; a
-    # stable gutter keeps the width the same before and after the scrollbar appears.
+    """RichLog wraps a line once, when it is written, to the width it has then. Hidden under
+    another tab it has none (RichLog then falls back to ``min_width``: lines cut at 20 columns),
+    so lines are written only while the log is laid out; those that arrive meanwhile wait, and
+    every line is wrapped again when the log's width changes (a resized terminal)."""
+
+    # RichLog's default min_width (78) made lines wider than an 80-column terminal's log and cut
+    # their ends; a stable gutter keeps the width the same before and after the scrollbar appears.
     DEFAULT_CSS = "EventLog { scrollbar-gutter: stable; }"
 
     def __init__(self, **kwargs) -> None:
@@ -144,13 +151,51 @@ class EventLog(RichLog):
         self.lines_by_level = {"info": 0, "warning": 0, "error": 0}
         self._failed: set[str] = set()
         self.plain: deque[str] = deque(maxlen=5000)  # the text of each line, for tests and search
+        self._texts: deque[Text] = deque(maxlen=5000)  # each line as written, to wrap again
+        self._unwritten = 0  # the last lines of _texts not yet written (the log had no width)
+        self._wrap_width = 0  # the width the written lines were wrapped to
+        self.track, self.metric = "llm", "val loss"  # as the run's RunStarted says
         self.border_title = "Log"
+
+    def _width(self) -> int:
+        """The width lines wrap to now; 0 while hidden or not yet laid out."""
+        return self.scrollable_content_region.width if self._size_known else 0
+
+    def _put(self, text: Text) -> None:
+        self._texts.append(text)
+        width = self._width()
+        if width > 0 and width == self._wrap_width and not self._unwritten:
+            self.write(text)
+        else:
+            self._unwritten = min(self._unwritten + 1, len(self._texts))
+            self._catch_up()
+
+    def on_resize(self) -> None:
+        # After RichLog's own handler, which learns the size the first time.
+        self.call_later(self._catch_up)
+
+    def _catch_up(self) -> None:
+        width = self._width()
+        if width <= 0:
+            return
+        if width != self._wrap_width:
+            self.clear()
+            todo = list(self._texts)
+        else:
+            todo = list(self._texts)[len(self._texts) - self._unwritten :]
+        self._wrap_width, self._unwritten = width, 0
+        for text in todo:
+            self.write(text)
 
     def apply(self, events: Iterable[Event]) -> int:
         """Write a line per event worth one; return how many were warnings or errors."""
         alarms = 0
         for e in events:
-            d = describe(e)
+            if isinstance(e, RunStarted):
+                self.track, self.metric = e.track, e.metric
+            elif self.track != "tts" and is_style(e):  # a log from before RunStarted.track
+                self.track, self.metric = "tts", "score"
+            d = describe(e, self.metric, self.track)
             if d is None:
                 continue
             level, line = d
@@ -165,8 +210,13 @@ class EventLog(RichLog):
             stamp = time.strftime("%H:%M:%S", time.localtime(e.ts))
             tag = {"warning": "WARN ", "error": "ERROR "}.get(level, "")
             style = LEVEL_STYLE.get(level, "")
-            self.write(Text.assemble((stamp + " ", "bright_black"), (tag, style), (line, style)))
+            self._put(Text.assemble((stamp + " ", "bright_black"), (tag, style), (line, style)))
         return alarms
+
+
+def is_style(e: Event) -> bool:
+    """An individual of the TTS track (a style genome)."""
+    return isinstance(e, IndividualUpdate) and (e.genome or {}).get("kind") == "style"
 
 
 def remote_code_note(models: list[str]) -> str:

@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 
 from rich.text import Text
 from textual.widgets import DataTable
-from textual.widgets.data_table import ColumnKey
 
-from engine.events import Event, IndividualUpdate, TrainFinished, TrainProgress
+from engine.events import Event, IndividualUpdate, RunFinished, TrainFinished, TrainProgress
 
 STATUS_STYLE = {
     "queued": "bright_black",
@@ -43,6 +42,10 @@ STATUS_ORDER = {
     )
 }
 GONE = ("culled", "failed")
+# The status column is as wide as the longest status from the start: sized to its content, it
+# grew and shrank with every change (queued, training, trained, evaluated…), and now and then
+# was left one cell short ("evaluate").
+STATUS_WIDTH = max(len(s) for s in STATUS_STYLE)
 
 COLUMNS = (
     ("id", "id"),
@@ -56,6 +59,19 @@ COLUMNS = (
     ("operator", "operator"),
 )
 SORTS = ("fitness", "gen", "id", "status", "rank")
+# Below this width (the board's, border included) the columns that repeat another are left out,
+# so that the operator fits at 80 columns: the id names the generation (g2-014), and in the LLM
+# track fitness is −val loss and ppl exp(val loss). The details (enter) show every figure. Every
+# column, with two parents and an operator such as "slerp 0.42 +mut12 r4→8", takes about 100.
+NARROW_BELOW = 102
+
+
+def column_keys(style: bool, narrow: bool) -> list[str]:
+    """The columns shown: a style genome (TTS track) has no perplexity and no rank."""
+    drop = {"ppl", "rank"} if style else set()
+    if narrow:
+        drop |= {"gen"} if style else {"gen", "fitness", "ppl"}
+    return [key for key, _ in COLUMNS if key not in drop]
 
 
 @dataclass
@@ -106,11 +122,35 @@ class Leaderboard(DataTable):
         # The TTS track's individuals are style genomes scored by MCD, not adapters scored by
         # validation loss: the columns say so once the first one arrives.
         self.style_track = False
+        self.narrow = False
+        self.shown_columns: list[str] = []
 
     def on_mount(self) -> None:
-        for key, label in COLUMNS:
-            self.add_column(label, key=key)
+        self._build_columns()
         self._update_title()
+
+    def on_resize(self, event) -> None:
+        if event.size.width:  # 0 while another tab is shown: keep the columns as they are
+            narrow = event.size.width < NARROW_BELOW
+            if narrow != self.narrow:
+                self.narrow = narrow
+                self._build_columns()
+
+    def _build_columns(self) -> None:
+        """(Re)make the columns for the track and the width, and every row under them."""
+        keys = column_keys(self.style_track, self.narrow)
+        if keys == self.shown_columns:
+            return
+        current = self.selected
+        self.clear(columns=True)
+        labels = dict(COLUMNS) | ({"val_loss": "MCD dB"} if self.style_track else {})
+        for key in keys:
+            self.add_column(labels[key], key=key, width=STATUS_WIDTH if key == "status" else None)
+        self.shown_columns = keys
+        for ind_id in sorted(self.entries):
+            cells = self._cells(self.entries[ind_id])
+            self.add_row(*(cells[k] for k in keys), key=ind_id)
+        self._resort(current.id if current else None)
 
     # --- reading ------------------------------------------------------------------------------
 
@@ -148,8 +188,11 @@ class Leaderboard(DataTable):
     def apply(self, events: Iterable[Event]) -> set[str]:
         """Fold events into the entries and the table; return the ids whose row changed."""
         changed: set[str] = set()
+        champion: str | None = None
         for e in events:
-            if isinstance(e, IndividualUpdate):
+            if isinstance(e, RunFinished):
+                champion = e.champion
+            elif isinstance(e, IndividualUpdate):
                 old = self.entries.get(e.id)
                 entry = Entry(
                     e.id,
@@ -187,40 +230,46 @@ class Leaderboard(DataTable):
                     entry.trained = True
         if changed:
             self._write_rows(changed)
+        if champion is not None:
+            self.show(champion)
         return changed
 
-    def _style_columns(self) -> None:
-        self.style_track = True
-        for key, label in (("val_loss", "MCD dB"), ("ppl", "—"), ("rank", "—")):
-            column = self.columns.get(ColumnKey(key))
-            if column is not None:
-                column.label = Text(label)
-        self.refresh()
+    def show(self, ind_id: str) -> None:
+        """Put the cursor on ``ind_id`` and scroll to it (the run's champion, at its end)."""
+        if ind_id not in self.rows:
+            return
+        row = self.get_row_index(ind_id)
+        self.pinned = row != 0  # on the top row it goes on following the top
+        self.move_cursor(row=row, animate=False, scroll=True)
+        self._update_title()
 
-    def _cells(self, e: Entry) -> list[Text | str]:
+    def _style_columns(self) -> None:
+        self.style_track = True  # "MCD dB" for val loss; no perplexity, no rank
+        self._build_columns()
+
+    def _cells(self, e: Entry) -> dict[str, Text | str]:
         parents = "+".join(e.parents) if e.parents else "—"
-        style = e.genome.get("kind") == "style"
-        return [
-            e.id,  # plain: the sort key function receives it
-            Text(str(e.generation), justify="right"),
-            Text(e.status, style=STATUS_STYLE.get(e.status, "")),
-            _num(e.fitness, "{:.4f}"),
-            _num(e.val_loss, "{:.4f}"),
-            _num(e.perplexity, "{:.1f}"),
-            Text("—" if style else str(e.rank), justify="right"),
-            Text(parents, style="bright_black" if not e.parents else ""),
-            e.operator,
-        ]
+        return {
+            "id": e.id,  # plain: the sort key function receives it
+            "gen": Text(str(e.generation), justify="right"),
+            "status": Text(e.status, style=STATUS_STYLE.get(e.status, "")),
+            "fitness": _num(e.fitness, "{:.4f}"),
+            "val_loss": _num(e.val_loss, "{:.4f}"),
+            "ppl": _num(e.perplexity, "{:.1f}"),
+            "rank": Text(str(e.rank), justify="right"),
+            "parents": Text(parents, style="bright_black" if not e.parents else ""),
+            "operator": e.operator,
+        }
 
     def _write_rows(self, ids: set[str]) -> None:
         current = self.selected
         for ind_id in sorted(ids):
             cells = self._cells(self.entries[ind_id])
             if ind_id in self.rows:
-                for (key, _), value in zip(COLUMNS, cells, strict=True):
-                    self.update_cell(ind_id, key, value, update_width=True)
+                for key in self.shown_columns:
+                    self.update_cell(ind_id, key, cells[key], update_width=True)
             else:
-                self.add_row(*cells, key=ind_id)
+                self.add_row(*(cells[k] for k in self.shown_columns), key=ind_id)
         self._resort(current.id if current else None)
         self._update_title()
 
