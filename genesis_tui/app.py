@@ -326,6 +326,8 @@ class GenesisApp(App[int]):
             self.finished = e
             self.engine_state = e.status
             self.stopping = False
+            if e.champion and e.champion_fitness is not None:  # a soup may top the last generation
+                self.best = f"best {-e.champion_fitness:.4f} {e.champion}"
         elif isinstance(e, _LogEnd):
             if self.finished is None:  # the log stops without the run's end: killed, or going on
                 self.engine_state = "log ends"

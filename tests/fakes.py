@@ -102,7 +102,7 @@ class FakeEngine:
         step_delay: float = 0.005,
         fail: tuple[str, ...] = (),
         kd: bool = True,
-        pause_latency: float = 0.15,
+        pause_latency: float | None = 0.15,
         run_dir: str | Path = "/tmp/fake-run",
         name: str = "fake",
         hold_before_finish: asyncio.Event | None = None,
@@ -123,6 +123,7 @@ class FakeEngine:
         self.generation = -1
         self.steps, self.step_delay, self.fail, self.kd = steps, step_delay, set(fail), kd
         self.pause_latency = pause_latency
+        self.held_pause: EnginePaused | None = None
         self.hold_before_finish = hold_before_finish
         self.track = track
         self.with_teacher = with_teacher and track != "tts"
@@ -165,7 +166,10 @@ class FakeEngine:
             self.paused = cmd.paused
             if self._gate is not None:
                 (self._gate.clear if cmd.paused else self._gate.set)()
-            self._later(self.pause_latency, EnginePaused(cmd.paused))
+            if self.pause_latency is None:  # held until the test releases it, however slow
+                self.held_pause = EnginePaused(cmd.paused)
+            else:
+                self._later(self.pause_latency, EnginePaused(cmd.paused))
             return True, "paused: workers stop at their next step" if cmd.paused else "resumed"
         if isinstance(cmd, StopRun):
             self.stop_requested = True
@@ -207,6 +211,12 @@ class FakeEngine:
             self._later(0.02, Exported(ind.id, path, ind.val_loss))
             return True, f"exporting {ind.id} (after the coliseum's job in flight)"
         return False, f"unknown command {cmd.kind}"
+
+    def release_pause(self) -> None:
+        """Publish the EnginePaused held back by ``pause_latency=None``."""
+        event, self.held_pause = self.held_pause, None
+        assert event is not None, "no pause or resume is being held"
+        self.publish(event)
 
     def _later(self, delay: float, event: Event) -> None:
         try:

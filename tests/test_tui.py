@@ -121,13 +121,17 @@ async def test_a_run_to_the_end_fills_every_pane(monkeypatch):
 
 
 async def test_space_pauses_then_resumes_the_engine():
-    app, fake = make(generations=1, steps=200, step_delay=0.01, pause_latency=1.0)
+    # the engine's EnginePaused is held until the test lets it go: a fixed latency ran out on a
+    # loaded machine before the header was read
+    app, fake = make(generations=1, steps=200, step_delay=0.01, pause_latency=None)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: app.started and app.query_one(Leaderboard).row_count)
         assert app.check_action("resume_engine", ()) is False  # hidden while running
         await pilot.press("space")
+        await pilot.pause()
         assert "pausing…" in header(app)  # until the engine's EnginePaused
         assert enabled(app, "space") is False  # greyed out meanwhile
+        fake.release_pause()
         await until(pilot, lambda: "paused" in header(app) and "pausing" not in header(app))
         assert enabled(app, "space") is True
         assert app.screen.active_bindings["space"].binding.action == "resume_engine"
@@ -135,7 +139,9 @@ async def test_space_pauses_then_resumes_the_engine():
         await pilot.pause(0.2)
         assert not any(isinstance(e, ev.TrainProgress) for e in fake.events[steps:])
         await pilot.press("space")
+        await pilot.pause()
         assert "resuming…" in header(app)
+        fake.release_pause()
         await until(pilot, lambda: "running" in header(app))
         assert fake.commands == [ev.PauseEngine(True), ev.PauseEngine(False)]
         await until(pilot, lambda: "command pause_engine paused=False: ok" in log_text(app))
@@ -483,7 +489,7 @@ async def test_quit_asks_then_stops_the_run():
         assert isinstance(app.screen, ConfirmScreen) and app.screen.title_ == "Quit now?"
         await pilot.press("n")
         await until(
-            pilot, lambda: not app.is_running, 20, what="the app to exit after the run stops"
+            pilot, lambda: not app.is_running, 120, what="the app to exit after the run stops"
         )
     assert app.return_value == 130
     assert "resume with: genesis-tui --resume" in app.farewell
