@@ -45,7 +45,7 @@ def sampler() -> ManualSampler:
     return ManualSampler(NvmlSource(FakeNvml(fail_init="NVML Shared Library Not Found")))
 
 
-async def until(cond, timeout: float = 5.0, what: str = "", pilot=None) -> None:
+async def until(cond, timeout: float = 120.0, what: str = "", pilot=None) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
@@ -208,7 +208,7 @@ async def test_two_windows_see_the_same_state_and_detaching_leaves_the_run_going
         app = GenesisApp(SocketLink(tmp_path), sampler=sampler())
         async with app.run_test(size=SIZE) as pilot:
             board = app.query_one(Leaderboard)
-            await until(lambda: board.row_count >= 4 and board.selected, 5, "rows", pilot)
+            await until(lambda: board.row_count >= 4 and board.selected, 120, "rows", pilot)
             assert "[attached]" in header(app)
             await until(
                 lambda: any(e.fitness is not None for e in board.entries.values()),
@@ -230,12 +230,12 @@ async def test_two_windows_see_the_same_state_and_detaching_leaves_the_run_going
             )  # the other window saw the operator's decision too
             assert board.entries[target.id].genome["rank"] == target.rank  # genome in events
             await pilot.press("q")  # attached, not owned: quitting detaches at once
-            await until(lambda: not app.is_running, 5, "exit", pilot)
+            await until(lambda: not app.is_running, 120, "exit", pilot)
         assert app.return_value == 0 and app.detached
         assert "attach again with: genesis-tui attach" in app.farewell
         assert not s.engine.stop_requested and not s.task.done()  # the run goes on
         s.hold.set()
-        await until(lambda: any(isinstance(e, ev.RunFinished) for e in other_events), 10)
+        await until(lambda: any(isinstance(e, ev.RunFinished) for e in other_events), 120)
         other.detach()
         await asyncio.wait_for(other_task, 5)
         assert not any(isinstance(e, Disconnected) for e in other_events)
@@ -246,10 +246,10 @@ async def test_an_engine_that_goes_away_shows_as_disconnected(tmp_path):
     await s.__aenter__()
     app = GenesisApp(SocketLink(tmp_path), sampler=sampler())
     async with app.run_test(size=SIZE) as pilot:
-        await until(lambda: app.started, 5, "start", pilot)
+        await until(lambda: app.started, 120, "start", pilot)
         s.task.cancel()  # the engine process is killed: its socket closes
         await s.server.close()
-        await until(lambda: app.disconnected is not None, 5, "disconnect", pilot)
+        await until(lambda: app.disconnected is not None, 120, "disconnect", pilot)
         await pilot.pause(0.15)
         assert "disconnected" in header(app)
         assert "engine link lost: the engine closed the connection" in log_text(app)
@@ -266,7 +266,7 @@ async def test_an_engine_process_that_dies_while_starting_says_why(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(2)"])
     app = GenesisApp(SocketLink(tmp_path, process=proc), sampler=sampler())
     async with app.run_test(size=SIZE) as pilot:
-        await until(lambda: app.disconnected is not None, 10, "disconnect", pilot)
+        await until(lambda: app.disconnected is not None, 120, "disconnect", pilot)
         assert "the engine process exited (code 2)" in app.disconnected
         assert "out of disk while loading" in app.disconnected
         await pilot.press("q")
@@ -282,7 +282,7 @@ async def test_open_browses_a_finished_run_read_only(tmp_path):
     run.close()
     app = GenesisApp(ReplayLink(tmp_path), sampler=sampler())
     async with app.run_test(size=SIZE) as pilot:
-        await until(lambda: app.finished is not None, 5, "replay", pilot)
+        await until(lambda: app.finished is not None, 120, "replay", pilot)
         await pilot.pause(0.15)
         board = app.query_one(Leaderboard)
         assert "[read-only]" in header(app) and "completed" in header(app)
@@ -336,10 +336,10 @@ async def test_the_real_engine_on_the_demo_profile_pause_promote_detach_attach(t
             await pilot.press("end")  # the last row: promote it, whatever its fitness
             target = board.selected.id
             await pilot.press("P")
-            await until(lambda: board.entries[target].status == "promoted", 20, "promote", pilot)
+            await until(lambda: board.entries[target].status == "promoted", 120, "promote", pilot)
 
             await pilot.press("space")
-            await until(lambda: "paused" in header(app) and "pausing" not in header(app), 20)
+            await until(lambda: "paused" in header(app) and "pausing" not in header(app), 120)
             at_pause = train_steps(run)
             await pilot.pause(2.0)
             held = train_steps(run)
@@ -347,13 +347,13 @@ async def test_the_real_engine_on_the_demo_profile_pause_promote_detach_attach(t
             await pilot.pause(1.5)
             assert train_steps(run) == held, "a paused engine trains nothing"
             await pilot.press("space")
-            await until(lambda: "running" in header(app), 20, "resumed", pilot)
+            await until(lambda: "running" in header(app), 120, "resumed", pilot)
 
             await pilot.press("q")
             assert isinstance(app.screen, ChoiceScreen)
             assert [c.value for c in app.screen.choices] == ["stop", "detach", None]
             await pilot.press("d")
-            await until(lambda: not app.is_running, 5, "exit", pilot)
+            await until(lambda: not app.is_running, 120, "exit", pilot)
         assert app.return_value == 0 and app.detached
         assert proc.poll() is None, "detaching must leave the engine running"
 
@@ -426,7 +426,7 @@ def test_a_lost_terminal_loses_nothing(tiny_profile, tmp_path):
             got: list[ev.Event] = []
             link.subscribe(got.append)
             task = asyncio.ensure_future(link.run())
-            await until(lambda: link.hello is not None, 10)
+            await until(lambda: link.hello is not None, 120)
             await until(lambda: any(isinstance(e, ev.RunFinished) for e in got), 120)
             link.detach()
             await task
@@ -455,7 +455,7 @@ async def test_a_resumed_run_reads_as_running_and_a_log_without_end_says_so(tmp_
     run.close()
     app = GenesisApp(ReplayLink(tmp_path), sampler=sampler())
     async with app.run_test(size=SIZE) as pilot:
-        await until(lambda: "log ends" in header(app), 5, "the replay", pilot)
+        await until(lambda: "log ends" in header(app), 120, "the replay", pilot)
         assert app.finished is None and "gen 1 (2 of 4)" in header(app)
         await pilot.press("q")
     assert app.return_value == 0

@@ -246,7 +246,7 @@ async def test_tts_track_greys_the_individual_keys_and_logs_mcd_and_scoring():
         assert "generation 0: scoring 4 individuals" in text and "training" not in text
         assert "generation 0 done in 0.1s: MCD+tempo best" in text and "val loss" not in text
         hold.set()
-        await until(pilot, lambda: app.finished is not None, 15)
+        await until(pilot, lambda: app.finished is not None, 120)
         await pilot.pause(0.15)
         assert "run completed: champion" in log_text(app)
         assert "val loss" not in log_text(app) and "(MCD+tempo " in log_text(app)
@@ -277,7 +277,7 @@ async def test_log_lines_that_arrive_under_another_tab_wrap_to_the_log_width():
         await pilot.press("5")  # laid out once: RichLog now knows a size…
         await pilot.pause(0.1)
         await pilot.press("1")  # …and has none while the Leaderboard is shown
-        await until(pilot, lambda: app.finished is not None, 15)
+        await until(pilot, lambda: app.finished is not None, 120)
         await pilot.pause(0.15)
         await pilot.press("5")
         await pilot.pause(0.2)
@@ -350,7 +350,7 @@ async def test_s_cycles_the_sort_column_and_home_follows_the_top():
 async def test_s_sorts_only_where_the_leaderboard_is_shown():
     app, fake = make(generations=1)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.finished is not None, 15)
+        await until(pilot, lambda: app.finished is not None, 120)
         board = app.query_one(Leaderboard)
         assert enabled(app, "s") is None or app.check_action("sort", ()) is True
         await pilot.press("4")  # the Audio tab
@@ -373,7 +373,7 @@ def board_rows(board: Leaderboard) -> list[str]:
 async def test_at_80_columns_the_leaderboard_fits_and_shows_the_operator_whole():
     app, fake = make(generations=3, population=6)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.finished is not None, 15)
+        await until(pilot, lambda: app.finished is not None, 120)
         await pilot.pause(0.15)
         board = app.query_one(Leaderboard)
         # no sideways scrolling: every column is in sight
@@ -399,15 +399,17 @@ async def test_a_finished_run_shows_its_champion_on_the_leaderboard():
     hold = asyncio.Event()
     app, fake = make(generations=3, population=8, hold_before_finish=hold)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: app.generation == 2 and app.query_one(Leaderboard).row_count, 15)
-        await until(pilot, lambda: "generation 2 done" in log_text(app), 15)
+        await until(
+            pilot, lambda: app.generation == 2 and app.query_one(Leaderboard).row_count, 120
+        )
+        await until(pilot, lambda: "generation 2 done" in log_text(app), 120)
         board = app.query_one(Leaderboard)
         await pilot.press("end")  # an old selection, scrolled to the bottom
         await pilot.pause(0.1)
         assert board.pinned and board.scroll_y > 0
         await pilot.press("5")
         hold.set()
-        await until(pilot, lambda: app.finished is not None, 15)
+        await until(pilot, lambda: app.finished is not None, 120)
         await pilot.pause(0.15)
         await pilot.press("1")
         await pilot.pause(0.15)
@@ -547,7 +549,7 @@ async def test_output_flushed_while_the_app_runs_does_not_break_it():
             logger.warning("logged")
         finally:
             logger.removeHandler(handler)
-        await until(pilot, lambda: app.finished is not None, 15)
+        await until(pilot, lambda: app.finished is not None, 120)
         assert app.is_running
 
 
