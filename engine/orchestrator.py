@@ -98,6 +98,8 @@ class Orchestrator(RunControl):
         # The soup's candidates: the best adapters scored so far in the whole run, whichever
         # generation they were in (an elite's earlier self, a culled near-miss)
         self.hall: list[Individual] = []
+        self.unpruned_student: Any = None  # the profile's student, when pruning replaces it
+        self.merged_dir: str | None = None  # the champion merged into its base (--merge)
 
     @property
     def _keeps_optimizers(self) -> bool:
@@ -107,8 +109,6 @@ class Orchestrator(RunControl):
     def _count(self, key: str, n: int) -> None:
         self.compute[key] += n
         self._gen_compute[key] += n
-        self.unpruned_student: Any = None  # the profile's student, when pruning replaces it
-        self.merged_dir: str | None = None  # the champion merged into its base (--merge)
 
     # --- events and commands --------------------------------------------------------------------
 
