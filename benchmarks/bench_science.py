@@ -139,21 +139,24 @@ def one_seed(
             flush=True,
         )
 
-    prof = profile_for(base, out, seed, f"demo-s{seed}")
-    _, wall = cli("--profile", str(prof), "--headless")
-    demo = newest(out / f"demo-s{seed}")
-    record("demo", demo, wall)
+    if "demo" in res:  # an earlier invocation ran it (results.json in --out): add the rest
+        demo = Path(res["demo"]["run"])
+    else:
+        prof = profile_for(base, out, seed, f"demo-s{seed}")
+        _, wall = cli("--profile", str(prof), "--headless")
+        demo = newest(out / f"demo-s{seed}")
+        record("demo", demo, wall)
     for name, scale in (("ft1", 1.0), ("ft2", 2.0), ("ft0.5", 0.5)):
-        if only and name not in only:
+        if (only and name not in only) or name in res:
             continue
         _, wall = cli("baseline", str(demo), "--kind", "finetune", "--lr-scale", str(scale))
         record(name, newest(demo / "baselines"), wall)
-    if not only or "random" in only:
+    if (not only or "random" in only) and "random" not in res:
         before = {p.name for p in (demo / "baselines").iterdir()}
         _, wall = cli("baseline", str(demo), "--kind", "random")
         after = [p for p in (demo / "baselines").iterdir() if p.name not in before]
         record("random", after[0], wall)
-    if not only or "nocross" in only:
+    if (not only or "nocross" in only) and "nocross" not in res:
         prof = profile_for(base, out, seed, f"nocross-s{seed}", crossover_rate=0.0)
         _, wall = cli("--profile", str(prof), "--headless")
         record("nocross", newest(out / f"nocross-s{seed}"), wall)
@@ -228,6 +231,8 @@ def main() -> int:
     only = {x for x in args.only.split(",") if x}
     print(f"runs under {out}", flush=True)
     results: dict[int, dict[str, dict]] = {}
+    if (out / "results.json").is_file():  # resume: configurations already measured are kept
+        results = {int(k): v for k, v in json.loads((out / "results.json").read_text()).items()}
     for seed in args.seeds:
         one_seed(Path(args.profile).resolve(), out, seed, only, results)
         print(table(results), flush=True)
