@@ -230,10 +230,7 @@ class Orchestrator(RunControl):
         if hi > lo and self.rng.random() < evo.mutation_rate:
             lr = min(hi, max(lo, lr * math.exp(self.rng.gauss(0.0, 0.3))))
         if evo.lr_perturbation > 0:  # PBT's explore (drawn only when on: older runs replay)
-            f = 1.0 + evo.lr_perturbation
-            lr = lr * f if self.rng.random() < 0.5 else lr / f
-            if hi > lo:
-                lr = min(hi, max(lo, lr))
+            lr, _ = self._perturb_lr(lr)
         targets = tuple(
             sorted(set(a.genome.target_modules) | set(b.genome.target_modules if b else ()))
         )
@@ -351,6 +348,15 @@ class Orchestrator(RunControl):
                 Log("info", f"soup: no average of the best {k} beat {ranked[0].id} on validation")
             )
 
+    def _perturb_lr(self, lr: float) -> tuple[float, bool]:
+        """PBT's explore: ``lr`` × or ÷ (1 + lr_perturbation) at random, within the spread's
+        bounds when there are any; (new lr, whether it went up)."""
+        f = 1.0 + self.profile.evolution.lr_perturbation
+        up = self.rng.random() < 0.5
+        lr = lr * f if up else lr / f
+        lo, hi = self._lr_bounds()
+        return (min(hi, max(lo, lr)) if hi > lo else lr), up
+
     def _continuation(self, generation: int, e: Individual) -> Individual:
         """``e`` training on: its adapter, optimizer state and batch stream, no crossover or
         noise; only the learning rate may move (PBT's explore)."""
@@ -359,12 +365,8 @@ class Orchestrator(RunControl):
         lr, evo = e.genome.learning_rate, self.profile.evolution
         op = "continue"
         if evo.lr_perturbation > 0:
+            lr, up = self._perturb_lr(lr)
             f = 1.0 + evo.lr_perturbation
-            up = self.rng.random() < 0.5
-            lr = lr * f if up else lr / f
-            lo, hi = self._lr_bounds()
-            if hi > lo:
-                lr = min(hi, max(lo, lr))
             op += f" lr×{f:g}" if up else f" lr÷{f:g}"
         # A seed of its own: two continuations of one elite at one learning rate would otherwise
         # draw the same batches and train the same adapter twice (the seed only picks batches
