@@ -7,7 +7,8 @@ On the embedded default, for each seed, side by side in one run of this script:
   profile's learning rate ×0.5, ×1 and ×2 — one adapter, the run's own training steps, scored on
   validation every 30 steps, the best checkpoint kept;
 - random search (``--kind random``): the population's random genomes sharing the budget;
-- the demo without crossover (``[evolution] crossover_rate = 0``).
+- the demo without merging adapters (``[evolution] crossover_rate = 0`` and ``soup = 0``; the
+  shipped demo's children are all continuations, so crossover alone would change nothing).
 
 Every figure is the champion's loss on the TEST split (validation rows 128–499, which no
 selection ever scored), read from each run's report.json, with its training tokens beside it (the
@@ -48,7 +49,7 @@ CONFIGS = {
     "ft1": "single fine-tune, lr ×1 (the demo's)",
     "ft2": "single fine-tune, lr ×2",
     "random": "random search",
-    "nocross": "the demo, crossover_rate = 0",
+    "nocross": "the demo without merging (crossover_rate 0, no soup)",
 }
 
 
@@ -157,7 +158,7 @@ def one_seed(
         after = [p for p in (demo / "baselines").iterdir() if p.name not in before]
         record("random", after[0], wall)
     if (not only or "nocross" in only) and "nocross" not in res:
-        prof = profile_for(base, out, seed, f"nocross-s{seed}", crossover_rate=0.0)
+        prof = profile_for(base, out, seed, f"nocross-s{seed}", crossover_rate=0.0, soup=0)
         _, wall = cli("--profile", str(prof), "--headless")
         record("nocross", newest(out / f"nocross-s{seed}"), wall)
     return res
