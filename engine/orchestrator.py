@@ -1195,8 +1195,8 @@ class Orchestrator(RunControl):
         self._gen_compute = dict.fromkeys(COMPUTE_KEYS, 0)
         path = self.run_dir.save_checkpoint(gen, self._state(), adapters, optimizers)
         self.run_dir.write_leaderboard(self._leaderboard_rows())
+        self._write_report("running")  # with the checkpoint's files, before it is announced
         self.publish(
             GenerationFinished(gen, best, mean, worst, champion, seconds, dict(self.compute))
         )
         self.publish(CheckpointWritten(gen, str(path)))
-        self._write_report("running")
