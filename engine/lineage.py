@@ -23,7 +23,7 @@ FORMAT = "genesis-lab lineage 1"
 CARD_ANCESTORS = 12  # the model card's table stops here; lineage.json has them all
 
 
-def _record(d: dict[str, Any]) -> dict[str, Any]:
+def record(d: dict[str, Any]) -> dict[str, Any]:
     """An individual's state (Individual.to_state) as lineage.json shows it."""
     return {
         "id": d["id"],
@@ -52,7 +52,7 @@ def ancestry(
         if rec is None:
             missing.append(pid)
             continue
-        found[pid] = _record(rec)
+        found[pid] = record(rec)
         todo.extend(rec.get("parents", []))
     ancestors = sorted(found.values(), key=lambda r: (-r["generation"], r["id"]))
     return ancestors, sorted(missing)
@@ -75,7 +75,7 @@ def lineage(
     ancestors, missing = ancestry(ind, known)
     return {
         "format": FORMAT,
-        **_record(ind),
+        **record(ind),
         "role": role,  # "champion" (the run's best, at its end) or "export" (the operator's `e`)
         "status": ind.get("status"),
         "fitness": ind.get("fitness"),

@@ -742,7 +742,8 @@ class Orchestrator(RunControl):
         from engine.workers.common import test_examples
 
         assert self.pool is not None and champ.tensors is not None
-        if not test_examples(self.profile):
+        rows = len(test_examples(self.profile))
+        if not rows:
             self.publish(
                 Log(
                     "info",
@@ -771,36 +772,22 @@ class Orchestrator(RunControl):
             "student": done.scores["base"][0],
             "teacher": teacher,
         }
-        rows = len(test_examples(self.profile))
         self.publish(
             TestReport(champ.id, rows, self.test["champion"], self.test["student"], teacher)  # type: ignore[arg-type]
         )
         self.run_dir.write_leaderboard(self._leaderboard_rows())
 
     def _lineage(self, ind: Individual) -> list[dict[str, Any]]:
-        """The champion's ancestry as far as the event log knows it (id, generation, operator,
-        parents, validation loss), newest first."""
-        known: dict[str, dict[str, Any]] = {}
-        for e in self.run_dir.read_events():
-            if isinstance(e, IndividualUpdate):
-                known[e.id] = {
-                    "id": e.id,
-                    "generation": e.generation,
-                    "operator": e.operator,
-                    "parents": list(e.parents),
-                    "val_loss": e.val_loss
-                    if e.val_loss is not None
-                    else known.get(e.id, {}).get("val_loss"),
-                }
-        out, todo, seen = [], [ind.id], set()
-        while todo:
-            i = todo.pop(0)
-            if i in seen or i not in known:
-                continue
-            seen.add(i)
-            out.append(known[i])
-            todo.extend(known[i]["parents"])
-        return out
+        """``ind`` and its ancestry (engine.lineage's, over the checkpoints, the population and
+        the soup's hall), newest generation first."""
+        from engine.lineage import ancestry, record
+
+        known = {
+            **self.run_dir.individual_records(),
+            **{i.id: i.to_state() for i in [*self.hall, *self.population]},
+        }
+        state = ind.to_state()
+        return [record(state), *ancestry(state, known)[0]]
 
     def report(self, status: str) -> dict[str, Any]:
         """report.json's content: what a benchmark or a tracker reads instead of the event log."""
