@@ -22,6 +22,9 @@ class LoraGenome:
     dropout: float
     learning_rate: float
     seed: int
+    # Distillation's cross-entropy weight for this individual ([population] kd_alphas); None: the
+    # profile's [distill] alpha (genomes saved before this gene existed read back as None)
+    kd_alpha: float | None = None
 
     @property
     def scaling(self) -> float:

@@ -168,7 +168,12 @@ def model_card(doc: dict[str, Any]) -> str:
         "",
         f"rank {genome.get('rank')}, alpha {genome.get('alpha')}, target modules "
         f"{', '.join(genome.get('target_modules', []))}, dropout {genome.get('dropout')}, "
-        f"learning rate {genome.get('learning_rate', 0):.3g}, seed {genome.get('seed')}.",
+        f"learning rate {genome.get('learning_rate', 0):.3g}, seed {genome.get('seed')}"
+        + (
+            f", distillation's cross-entropy weight {genome['kd_alpha']:g}."
+            if genome.get("kd_alpha") is not None
+            else "."
+        ),
         "",
         "## Lineage",
         "",

@@ -202,13 +202,17 @@ class Orchestrator(RunControl):
         for _ in range(pop.size):
             rank = self.rng.choice(list(pop.ranks))
             lr = math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
+            seed = self.rng.randrange(2**31)
+            # Drawn only when the gene is on, so runs of profiles without it replay unchanged
+            kd_alpha = self.rng.choice(pop.kd_alphas) if pop.kd_alphas else None
             genome = LoraGenome(
                 rank,
                 self._alpha(rank),
                 tuple(pop.target_modules),
                 pop.dropout,
                 lr,
-                self.rng.randrange(2**31),
+                seed,
+                kd_alpha,
             )
             out.append(Individual(self._new_id(0), 0, genome, [], "random"))
         return out
@@ -234,8 +238,16 @@ class Orchestrator(RunControl):
         targets = tuple(
             sorted(set(a.genome.target_modules) | set(b.genome.target_modules if b else ()))
         )
+        seed = self.rng.randrange(2**31)
+        kd_alpha = a.genome.kd_alpha
+        if pop.kd_alphas:  # the gene: a parent's value, perhaps moved to a neighbouring one
+            if b is not None:
+                kd_alpha = self.rng.choice([a.genome.kd_alpha, b.genome.kd_alpha])
+            if kd_alpha is None:  # a parent from before the gene (a resumed older run)
+                kd_alpha = self.profile.distill.alpha
+            kd_alpha = genetics.mutate_choice(kd_alpha, pop.kd_alphas, evo.mutation_rate, self.rng)
         genome = LoraGenome(
-            new_rank, self._alpha(new_rank), targets, pop.dropout, lr, self.rng.randrange(2**31)
+            new_rank, self._alpha(new_rank), targets, pop.dropout, lr, seed, kd_alpha
         )
         gen = torch.Generator().manual_seed(genome.seed)
         assert a.tensors is not None

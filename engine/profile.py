@@ -317,6 +317,14 @@ class PopulationConfig(BaseModel):
         ge=1,
         description="an individual's learning rate is drawn log-uniformly in [lr/spread, lr×spread] around [training] learning_rate",
     )
+    kd_alphas: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
+        None,
+        min_length=1,
+        description="distillation's cross-entropy weight as a gene: each random individual draws "
+        "one of these values, a child takes a parent's and may move to a neighbouring value "
+        "(mutation_rate); unset: every individual uses [distill] alpha, as the compute-matched "
+        'fine-tune does (needs [distill] mode = "logits")',
+    )
 
     @field_validator("ranks")
     @classmethod
@@ -325,6 +333,18 @@ class PopulationConfig(BaseModel):
         if dupes:
             raise _Problem(
                 f"lists {', '.join(map(str, dupes))} more than once — each rank may appear only once"
+            )
+        return sorted(v)
+
+    @field_validator("kd_alphas")
+    @classmethod
+    def _kd_alphas(cls, v: list[float] | None) -> list[float] | None:
+        if v is None:
+            return v
+        dupes = sorted({a for a in v if v.count(a) > 1})
+        if dupes:
+            raise _Problem(
+                f"lists {', '.join(map(str, dupes))} more than once — each value may appear only once"
             )
         return sorted(v)
 
@@ -957,6 +977,16 @@ class Profile(BaseModel):
                     '"mistral-inst", or mode = "logits"',
                     section="distill",
                     key="mode",
+                )
+            )
+        if self.population.kd_alphas is not None and self.distill.mode != "logits":
+            problems.append(
+                _Problem(
+                    f"makes distillation's cross-entropy weight a gene, and [distill] mode = "
+                    f'"{self.distill.mode}" has no such weight — set mode = "logits" or remove '
+                    "kd_alphas",
+                    section="population",
+                    key="kd_alphas",
                 )
             )
         if self.distill.mode != "off" and (t is None or not t.enabled):

@@ -89,6 +89,48 @@ def test_kd_changes_training_against_ce_only(tiny_profile, tmp_path):
     assert kd.champion_fitness != pytest.approx(ce.champion_fitness, abs=1e-6)
 
 
+def test_the_kd_weight_is_a_gene_each_individual_trains_with(tiny_profile, tmp_path):
+    finished, events = run_engine(
+        distilled(
+            tiny_profile,
+            tmp_path,
+            population__kd_alphas=[1.0, 0.0],
+            evolution__mutation_rate=1.0,  # every child's weight moves to the other value
+            evolution__crossover_rate=0.0,
+        )
+    )
+    assert finished.status == "completed", finished.reason
+    genomes = {e.id: e.genome for e in events if isinstance(e, ev.IndividualUpdate)}
+    assert {g["kd_alpha"] for g in genomes.values()} == {0.0, 1.0}
+    children = [e for e in events if isinstance(e, ev.IndividualUpdate) and e.parents]
+    assert children and all(
+        genomes[c.id]["kd_alpha"] != genomes[c.parents[0]]["kd_alpha"] for c in children
+    )
+    progress = [e for e in events if isinstance(e, ev.TrainProgress)]
+    # Each step's loss is KL + that individual's weight × cross-entropy, not the profile's 0.5
+    for p in progress:
+        a = genomes[p.id]["kd_alpha"]
+        assert p.loss == pytest.approx(p.terms["kd"] + a * p.terms["ce"], rel=1e-4)
+    assert {genomes[p.id]["kd_alpha"] for p in progress} == {0.0, 1.0}
+
+
+def test_a_kd_weight_gene_without_logit_distillation_is_refused(tiny_profile):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genesis_tui.cli",
+            "--profile",
+            str(tiny_profile(population__kd_alphas=[0.0, 0.5])),
+            "--check",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 2 and "kd_alphas" in r.stderr and "Traceback" not in r.stderr
+
+
 @pytest.fixture
 def foreign_teacher(tiny_lab, tmp_path) -> Path:
     """The tiny teacher with a tokenizer of a different vocabulary (one token more)."""

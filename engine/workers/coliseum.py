@@ -205,7 +205,9 @@ class Coliseum:
             if kd is not None:
                 loss_fn = distillation(
                     float(kd["meta"]["temperature"]),
-                    prof.distill.alpha,
+                    prof.distill.alpha
+                    if task.genome.get("kd_alpha") is None
+                    else float(task.genome["kd_alpha"]),
                     int(kd["meta"]["vocab"]),
                 )
             else:

@@ -73,6 +73,8 @@ class IndividualDetails(Vertical):
             if mods:
                 g.add_row("targets", ", ".join(mods))
             extra = [f"{k} {genome[k]}" for k in ("dropout", "seed") if k in genome]
+            if genome.get("kd_alpha") is not None:
+                extra.insert(0, f"KD ce weight {genome['kd_alpha']:g}")
             if extra:
                 g.add_row("", " · ".join(extra))
         g.add_row("operator", entry.operator or "—")
