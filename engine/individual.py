@@ -60,6 +60,7 @@ class Individual:
     # Optimizer steps in this adapter's weights: its own and, for a copy, its parent's before it
     steps_trained: int = 0
     stretches: int = 0  # training stretches so far (each draws its batches from a new seed)
+    stale: int = 0  # its continuations that scored no better than it ([evolution] patience)
     tensors: LoraTensors | None = field(default=None, repr=False, compare=False)
     # AdamW's state after its last stretch (engine.workers.optim), for continued training
     optimizer: bytes | None = field(default=None, repr=False, compare=False)

@@ -383,7 +383,14 @@ class Orchestrator(RunControl):
         # A seed of its own: two continuations of one elite at one learning rate would otherwise
         # draw the same batches and train the same adapter twice (the seed only picks batches
         # and dropout here; the adapter is the elite's)
-        genome = dataclasses.replace(e.genome, learning_rate=lr, seed=self.rng.randrange(2**31))
+        seed = self.rng.randrange(2**31)
+        kd_alpha, pop = e.genome.kd_alpha, self.profile.population
+        if pop.kd_alphas:  # PBT explores every gene it has, the KD weight too
+            was = self.profile.distill.alpha if kd_alpha is None else kd_alpha
+            kd_alpha = genetics.mutate_choice(was, pop.kd_alphas, evo.mutation_rate, self.rng)
+            if kd_alpha != was:
+                op += f" kd {was:g}→{kd_alpha:g}"
+        genome = dataclasses.replace(e.genome, learning_rate=lr, seed=seed, kd_alpha=kd_alpha)
         child = Individual(self._new_id(generation), generation, genome, [e.id], op)
         assert e.tensors is not None
         child.tensors = {k: v.clone() for k, v in e.tensors.items()}
@@ -400,6 +407,17 @@ class Orchestrator(RunControl):
             i for i in self.population if i.paused or (i.fitness is None and i.status != "failed")
         ]
         promoted = {i.id for i in scored if i.promoted}
+        if evo.patience:  # a continuation that lost to its parent makes the parent staler
+            by_id = {i.id: i for i in scored}
+            for c in scored:
+                p = by_id.get(c.parents[0]) if c.parents else None
+                if (
+                    p is not None
+                    and c.generation == generation - 1
+                    and c.operator.startswith("continue")
+                    and c.fitness <= p.fitness  # type: ignore[operator]
+                ):
+                    p.stale += 1
         elites = genetics.select_elites(scored, min(evo.elitism, size), promoted)
         for e in elites:
             e.status = "promoted" if e.promoted else "elite"
@@ -407,7 +425,10 @@ class Orchestrator(RunControl):
         n_children = max(0, size - len(elites) - len(waiting))
         children = []
         if evo.continue_elites:  # elites keep training, in a child: the elite stays as it was
-            for e in elites[:n_children]:
+            # Early stopping of a lineage: an elite whose continuations lost to it `patience`
+            # times has stopped improving; its place goes to a bred child (exploration)
+            going = [e for e in elites if not evo.patience or e.stale < evo.patience]
+            for e in going[:n_children]:
                 children.append(self._continuation(generation, e))
             n_children -= len(children)
         if scored and n_children > 0:

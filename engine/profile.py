@@ -417,6 +417,15 @@ class EvolutionConfig(BaseModel):
         "divided by it, at random (0 = off: only mutation_rate's log-normal step, and only where "
         "[population] learning_rate_spread > 1)",
     )
+    patience: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="early stopping of lineages, with continue_elites: an elite whose "
+        "continuations scored no better than it this many times gets no more continuations, and "
+        "its place goes to a child bred by crossover or mutation (0 = off: elites always "
+        "continue)",
+    )
     soup: int = Field(
         0,
         ge=0,

@@ -182,3 +182,76 @@ def test_a_greedy_soup_joins_only_what_helps_and_is_exact(tiny_profile, tmp_path
     else:
         assert "no average of the best 3" in r.stdout
         assert all(v >= best_other for v in scored.values())
+
+
+def _breeder(tiny_profile, **over):
+    """An orchestrator of a tiny profile whose generation 0 is scored by hand (no workers)."""
+    import torch
+
+    from engine.orchestrator import Orchestrator
+    from engine.profile import load_profile
+    from engine.rundir import RunDir
+
+    profile = load_profile(
+        tiny_profile(
+            evolution__generations=4,
+            evolution__sizes=[4, 2, 2, 2],
+            evolution__elitism=1,
+            evolution__continue_elites=True,
+            evolution__crossover_rate=0.0,
+            evolution__rank_mutation_rate=0.0,
+            **over,
+        )
+    )
+    orch = Orchestrator(profile, RunDir.create(profile.run.output_dir, "t", profile.to_toml()))
+    orch.population = orch.initial_population()
+    for k, ind in enumerate(orch.population):
+        r = ind.genome.rank
+        ind.tensors = {"m.lora_A.weight": torch.ones(r, 8), "m.lora_B.weight": torch.ones(8, r)}
+        ind.fitness, ind.trained = -3.0 - k, True
+    return orch
+
+
+def _score(orch, gen, fitness_of_new):
+    orch.population = orch.next_population(gen)
+    for ind in orch.population:
+        if ind.fitness is None:
+            ind.fitness, ind.trained = fitness_of_new, True
+    return orch.population
+
+
+def test_a_lineage_that_stops_improving_gives_its_place_to_a_bred_child(tiny_profile):
+    orch = _breeder(tiny_profile, evolution__patience=2)
+    elite = orch.population[0]
+    ops = []
+    for gen in (1, 2, 3):  # every continuation scores worse than the elite
+        pop = _score(orch, gen, -9.0)
+        assert pop[0] is elite
+        ops.append(pop[1].operator)
+    # Two lost continuations: the third place goes to a child bred from the population
+    assert ops[0].startswith("continue") and ops[1].startswith("continue"), ops
+    assert ops[2].startswith("copy"), ops
+    assert elite.stale == 2
+
+
+def test_a_lineage_that_improves_keeps_training_and_patience_0_never_stops(tiny_profile):
+    orch = _breeder(tiny_profile, evolution__patience=1)
+    for gen in (1, 2, 3):  # each continuation beats its parent: it becomes the elite
+        pop = _score(orch, gen, -2.0 + gen)
+        assert pop[1].operator.startswith("continue") and pop[1].parents == [pop[0].id]
+    orch = _breeder(tiny_profile)
+    for gen in (1, 2, 3):
+        assert _score(orch, gen, -9.0)[1].operator.startswith("continue")
+
+
+def test_continuations_explore_the_kd_weight_gene(tiny_profile):
+    orch = _breeder(
+        tiny_profile,
+        distill__mode="logits",
+        population__kd_alphas=[0.0, 0.5],
+        evolution__mutation_rate=1.0,
+    )
+    before = orch.population[0].genome.kd_alpha
+    child = _score(orch, 1, -9.0)[1]
+    assert child.operator.startswith("continue") and " kd " in child.operator
+    assert child.genome.kd_alpha == ({0.0, 0.5} - {before}).pop()
