@@ -48,6 +48,7 @@ CONFIGS = {
     "ft0.5": "single fine-tune, lr ×0.5",
     "ft1": "single fine-tune, lr ×1 (the demo's)",
     "ft2": "single fine-tune, lr ×2",
+    "ft2kd": "single fine-tune, lr ×2, at the champion's KD weight",
     "random": "random search",
     "nocross": "the demo without merging (crossover_rate 0, no soup)",
 }
@@ -152,6 +153,12 @@ def one_seed(
             continue
         _, wall = cli("baseline", str(demo), "--kind", "finetune", "--lr-scale", str(scale))
         record(name, newest(demo / "baselines"), wall)
+    kd = (report(demo)["champion"].get("genome") or {}).get("kd_alpha")
+    if (not only or "ft2kd" in only) and "ft2kd" not in res and kd is not None:
+        # What a user who copied the lab's finding (the KD weight) into the best fine-tune gets
+        args = ("--kind", "finetune", "--lr-scale", "2", "--kd-alpha", str(kd))
+        _, wall = cli("baseline", str(demo), *args)
+        record("ft2kd", newest(demo / "baselines"), wall)
     if (not only or "random" in only) and "random" not in res:
         before = {p.name for p in (demo / "baselines").iterdir()}
         _, wall = cli("baseline", str(demo), "--kind", "random")

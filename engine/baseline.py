@@ -49,6 +49,7 @@ class FinetuneBaseline(Orchestrator):
         lr_scale: float = 1.0,
         eval_every: int | None = None,
         rank: int | None = None,
+        kd_alpha: float | None = None,
     ) -> None:
         super().__init__(profile, run)
         self.steps = steps
@@ -57,6 +58,7 @@ class FinetuneBaseline(Orchestrator):
             epoch_steps(profile), profile.training.steps_per_generation
         )
         self.rank = rank or max(profile.population.ranks)
+        self.kd_alpha = kd_alpha  # None: the profile's [distill] alpha
 
     @property
     def chunks(self) -> int:
@@ -76,6 +78,7 @@ class FinetuneBaseline(Orchestrator):
             pop.dropout,
             lr,
             self.rng.randrange(2**31),
+            self.kd_alpha,
         )
         live = Individual("ft", 0, genome, [], "finetune")
         best: Individual | None = None
@@ -185,16 +188,20 @@ def make_baseline(
     steps: int,
     lr_scale: float = 1.0,
     eval_every: int | None = None,
+    kd_alpha: float | None = None,
 ) -> Orchestrator:
     if kind == "finetune":
         orch: Orchestrator = FinetuneBaseline(
-            profile, run, steps=steps, lr_scale=lr_scale, eval_every=eval_every
+            profile, run, steps=steps, lr_scale=lr_scale, eval_every=eval_every, kd_alpha=kd_alpha
         )
     else:
         orch = RandomBaseline(profile, run, steps=steps)
     atomic_write_text(
         run.path / MARKER,
-        json.dumps({"kind": kind, "steps": steps, "lr_scale": lr_scale}, indent=1) + "\n",
+        json.dumps(
+            {"kind": kind, "steps": steps, "lr_scale": lr_scale, "kd_alpha": kd_alpha}, indent=1
+        )
+        + "\n",
     )
     return orch
 

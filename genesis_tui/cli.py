@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="finetune: the profile's learning rate times X (default 1)",
     )
     b.add_argument(
+        "--kd-alpha",
+        type=float,
+        metavar="A",
+        help="finetune: distillation's cross-entropy weight (default: the profile's [distill] "
+        "alpha) — to compare with the weight a run's champion evolved",
+    )
+    b.add_argument(
         "--steps",
         type=int,
         metavar="N",
@@ -225,9 +232,13 @@ def _baseline(args: argparse.Namespace) -> int:
             "matched to that run's compute) or --profile PROFILE.toml, not both."
         )
     if args.resume or args.check or args.merge:
-        return _fail("baseline takes --kind, --lr-scale, --steps and --eval-every only.")
+        return _fail(
+            "baseline takes --kind, --lr-scale, --kd-alpha, --steps and --eval-every only."
+        )
     if args.lr_scale <= 0 or (args.steps is not None and args.steps < 1):
         return _fail("--lr-scale must be > 0 and --steps at least 1.")
+    if args.kd_alpha is not None and (args.kind != "finetune" or args.kd_alpha < 0):
+        return _fail("--kd-alpha is the fine-tune's cross-entropy weight: --kind finetune, A ≥ 0.")
     parent = None
     if args.run_dir:
         parent = RunDir.open(Path(args.run_dir))
@@ -245,9 +256,22 @@ def _baseline(args: argparse.Namespace) -> int:
     check_data(profile)
     preflight(profile)
     name = args.kind + (f"-lr{args.lr_scale:g}x" if args.kind == "finetune" else "")
+    if args.kd_alpha is not None:
+        if profile.distill.mode != "logits":
+            return _fail(
+                f"{profile.source}: --kd-alpha weighs distillation's cross-entropy, and this "
+                f'profile\'s [distill] mode is "{profile.distill.mode}", not "logits".'
+            )
+        name += f"-kd{args.kd_alpha:g}"
     run = RunDir.create(out_dir, name, profile.to_toml())
     orch = make_baseline(
-        args.kind, profile, run, steps=steps, lr_scale=args.lr_scale, eval_every=args.eval_every
+        args.kind,
+        profile,
+        run,
+        steps=steps,
+        lr_scale=args.lr_scale,
+        eval_every=args.eval_every,
+        kd_alpha=args.kd_alpha,
     )
     print(
         f"baseline {name}: {steps} training steps (matched to {parent.path if parent else 'the profile'})"

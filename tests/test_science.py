@@ -129,6 +129,19 @@ def test_the_finetune_baseline_matches_the_runs_compute_and_is_recorded(tiny_pro
     assert again.returncode == 2 and "baseline" in again.stderr
 
 
+def test_the_finetune_baseline_takes_the_kd_weight_a_champion_evolved(tiny_profile, tmp_path):
+    kd = tiny_profile(distill__mode="logits", distill__top_k=8)
+    r = cli("baseline", "--profile", str(kd), "--kd-alpha", "0", "--steps", "4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    base = only_run(tmp_path / "runs")
+    assert base.name.startswith("finetune-lr1x-kd0-")
+    assert _report(base)["champion"]["genome"]["kd_alpha"] == 0.0
+    # Without logit distillation there is no such weight; a random search has no single one
+    for prof, kind in ((tiny_profile(), "finetune"), (kd, "random")):
+        r = cli("baseline", "--profile", str(prof), "--kind", kind, "--kd-alpha", "0")
+        assert r.returncode == 2 and "--kd-alpha" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_the_random_baseline_shares_the_budget(tiny_profile, tmp_path):
     prof = tiny_profile()
     r = cli("baseline", "--profile", str(prof), "--kind", "random", "--steps", "10")
