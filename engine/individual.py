@@ -25,6 +25,9 @@ class LoraGenome:
     # Distillation's cross-entropy weight for this individual ([population] kd_alphas); None: the
     # profile's [distill] alpha (genomes saved before this gene existed read back as None)
     kd_alpha: float | None = None
+    # AdamW's weight decay for this individual ([population] weight_decays); None: the
+    # profile's [training] weight_decay
+    weight_decay: float | None = None
 
     @property
     def scaling(self) -> float:

@@ -170,8 +170,13 @@ def model_card(doc: dict[str, Any]) -> str:
         f"{', '.join(genome.get('target_modules', []))}, dropout {genome.get('dropout')}, "
         f"learning rate {genome.get('learning_rate', 0):.3g}, seed {genome.get('seed')}"
         + (
-            f", distillation's cross-entropy weight {genome['kd_alpha']:g}."
+            f", distillation's cross-entropy weight {genome['kd_alpha']:g}"
             if genome.get("kd_alpha") is not None
+            else ""
+        )
+        + (
+            f", weight decay {genome['weight_decay']:g}."
+            if genome.get("weight_decay") is not None
             else "."
         ),
         "",

@@ -205,6 +205,7 @@ class Orchestrator(RunControl):
             seed = self.rng.randrange(2**31)
             # Drawn only when the gene is on, so runs of profiles without it replay unchanged
             kd_alpha = self.rng.choice(pop.kd_alphas) if pop.kd_alphas else None
+            decay = self.rng.choice(pop.weight_decays) if pop.weight_decays else None
             genome = LoraGenome(
                 rank,
                 self._alpha(rank),
@@ -213,6 +214,7 @@ class Orchestrator(RunControl):
                 lr,
                 seed,
                 kd_alpha,
+                decay,
             )
             out.append(Individual(self._new_id(0), 0, genome, [], "random"))
         return out
@@ -246,8 +248,15 @@ class Orchestrator(RunControl):
             if kd_alpha is None:  # a parent from before the gene (a resumed older run)
                 kd_alpha = self.profile.distill.alpha
             kd_alpha = genetics.mutate_choice(kd_alpha, pop.kd_alphas, evo.mutation_rate, self.rng)
+        decay = a.genome.weight_decay
+        if pop.weight_decays:
+            if b is not None:
+                decay = self.rng.choice([a.genome.weight_decay, b.genome.weight_decay])
+            if decay is None:
+                decay = self.profile.training.weight_decay
+            decay = genetics.mutate_choice(decay, pop.weight_decays, evo.mutation_rate, self.rng)
         genome = LoraGenome(
-            new_rank, self._alpha(new_rank), targets, pop.dropout, lr, seed, kd_alpha
+            new_rank, self._alpha(new_rank), targets, pop.dropout, lr, seed, kd_alpha, decay
         )
         gen = torch.Generator().manual_seed(genome.seed)
         assert a.tensors is not None
@@ -390,7 +399,15 @@ class Orchestrator(RunControl):
             kd_alpha = genetics.mutate_choice(was, pop.kd_alphas, evo.mutation_rate, self.rng)
             if kd_alpha != was:
                 op += f" kd {was:g}→{kd_alpha:g}"
-        genome = dataclasses.replace(e.genome, learning_rate=lr, seed=seed, kd_alpha=kd_alpha)
+        decay = e.genome.weight_decay
+        if pop.weight_decays:
+            was = self.profile.training.weight_decay if decay is None else decay
+            decay = genetics.mutate_choice(was, pop.weight_decays, evo.mutation_rate, self.rng)
+            if decay != was:
+                op += f" wd {was:g}→{decay:g}"
+        genome = dataclasses.replace(
+            e.genome, learning_rate=lr, seed=seed, kd_alpha=kd_alpha, weight_decay=decay
+        )
         child = Individual(self._new_id(generation), generation, genome, [e.id], op)
         assert e.tensors is not None
         child.tensors = {k: v.clone() for k, v in e.tensors.items()}

@@ -336,7 +336,16 @@ class PopulationConfig(BaseModel):
             )
         return sorted(v)
 
-    @field_validator("kd_alphas")
+    weight_decays: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
+        None,
+        min_length=1,
+        description="AdamW's weight decay as a gene: each random individual draws one of these "
+        "values, a child or continuation takes its parent's and may move to a neighbouring value "
+        "(mutation_rate); unset: every individual uses [training] weight_decay, as the "
+        "compute-matched fine-tune does",
+    )
+
+    @field_validator("kd_alphas", "weight_decays")
     @classmethod
     def _kd_alphas(cls, v: list[float] | None) -> list[float] | None:
         if v is None:

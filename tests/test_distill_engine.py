@@ -95,6 +95,7 @@ def test_the_kd_weight_is_a_gene_each_individual_trains_with(tiny_profile, tmp_p
             tiny_profile,
             tmp_path,
             population__kd_alphas=[1.0, 0.0],
+            population__weight_decays=[0.0, 0.5],
             evolution__mutation_rate=1.0,  # every child's weight moves to the other value
             evolution__crossover_rate=0.0,
         )
@@ -102,6 +103,7 @@ def test_the_kd_weight_is_a_gene_each_individual_trains_with(tiny_profile, tmp_p
     assert finished.status == "completed", finished.reason
     genomes = {e.id: e.genome for e in events if isinstance(e, ev.IndividualUpdate)}
     assert {g["kd_alpha"] for g in genomes.values()} == {0.0, 1.0}
+    assert {g["weight_decay"] for g in genomes.values()} <= {0.0, 0.5}
     children = [e for e in events if isinstance(e, ev.IndividualUpdate) and e.parents]
     assert children and all(
         genomes[c.id]["kd_alpha"] != genomes[c.parents[0]]["kd_alpha"] for c in children

@@ -253,7 +253,12 @@ def test_shipped_profile_values(tmp_path):
     assert (demo.devices.teacher, demo.devices.coliseum) == ("cpu", ["cpu"])
     assert "generations = 10" in demo.to_toml()
     assert demo.data.max_train_examples == 64
-    assert demo.population.target_modules == ["q_proj", "v_proj", "o_proj", "down_proj"]
+    assert demo.population.target_modules == [
+        *("q_proj", "k_proj", "v_proj", "o_proj"),
+        *("gate_proj", "up_proj", "down_proj"),
+    ]
+    assert demo.population.kd_alphas == [0.0, 0.25, 0.5]
+    assert demo.population.weight_decays == [0.0, 0.1, 0.5] and demo.evolution.patience == 2
     assert (demo.distill.mode, demo.distill.temperature, demo.distill.alpha) == ("logits", 2.0, 0.5)
     assert demo.distill.cache and demo.prune.layers == 0.25
     # The comparison run is the same run without the teacher's logits, and nothing else.
@@ -262,6 +267,7 @@ def test_shipped_profile_values(tmp_path):
     same = ce.model_copy(
         update={
             "distill": ce.distill.model_copy(update={"mode": "logits"}),
+            "population": ce.population.model_copy(update={"kd_alphas": [0.0, 0.25, 0.5]}),
             "run": ce.run.model_copy(update={"name": "demo"}),
         }
     )

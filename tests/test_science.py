@@ -268,3 +268,15 @@ def test_continuations_explore_the_kd_weight_gene(tiny_profile):
     child = _score(orch, 1, -9.0)[1]
     assert child.operator.startswith("continue") and " kd " in child.operator
     assert child.genome.kd_alpha == ({0.0, 0.5} - {before}).pop()
+
+
+def test_weight_decay_is_a_gene_random_genomes_draw_and_continuations_explore(tiny_profile):
+    orch = _breeder(
+        tiny_profile, population__weight_decays=[0.0, 0.5], evolution__mutation_rate=1.0
+    )
+    assert {i.genome.weight_decay for i in orch.population} <= {0.0, 0.5}
+    before = orch.population[0].genome.weight_decay
+    child = _score(orch, 1, -9.0)[1]
+    assert " wd " in child.operator and child.genome.weight_decay == ({0.0, 0.5} - {before}).pop()
+    # without the gene, genomes leave it to [training] weight_decay
+    assert all(i.genome.weight_decay is None for i in _breeder(tiny_profile).population)

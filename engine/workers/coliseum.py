@@ -195,7 +195,11 @@ class Coliseum:
             named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
             params = [p for _, p in named]
             opt = torch.optim.AdamW(
-                params, lr=task.genome["learning_rate"], weight_decay=prof.training.weight_decay
+                params,
+                lr=task.genome["learning_rate"],
+                weight_decay=prof.training.weight_decay
+                if task.genome.get("weight_decay") is None
+                else float(task.genome["weight_decay"]),
             )
             if task.optimizer is not None:
                 from engine.workers.optim import unpack

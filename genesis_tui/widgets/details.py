@@ -75,6 +75,8 @@ class IndividualDetails(Vertical):
             extra = [f"{k} {genome[k]}" for k in ("dropout", "seed") if k in genome]
             if genome.get("kd_alpha") is not None:
                 extra.insert(0, f"KD ce weight {genome['kd_alpha']:g}")
+            if genome.get("weight_decay") is not None:
+                extra.insert(0, f"weight decay {genome['weight_decay']:g}")
             if extra:
                 g.add_row("", " · ".join(extra))
         g.add_row("operator", entry.operator or "—")
