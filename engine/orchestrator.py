@@ -68,6 +68,10 @@ def _from_bytes(blob: bytes) -> LoraTensors:
     return load(blob)
 
 
+# How a continuation's operator names a gene it moved ("continue lr×1.25 kd 0.25→0")
+_GENE_LABEL = {"kd_alpha": "kd", "weight_decay": "wd"}
+
+
 def _failure(exc: JobError) -> str:
     """A failed job's reason, saying "out of memory" where the error's own words do not."""
     named = "out of memory" in exc.reason.lower()  # torch's CUDA message says so itself
@@ -203,18 +207,10 @@ class Orchestrator(RunControl):
             rank = self.rng.choice(list(pop.ranks))
             lr = math.exp(self.rng.uniform(math.log(lo), math.log(hi)))
             seed = self.rng.randrange(2**31)
-            # Drawn only when the gene is on, so runs of profiles without it replay unchanged
-            kd_alpha = self.rng.choice(pop.kd_alphas) if pop.kd_alphas else None
-            decay = self.rng.choice(pop.weight_decays) if pop.weight_decays else None
+            # Drawn only when a gene is on, so runs of profiles without them replay unchanged
+            genes = {name: self.rng.choice(values) for name, values, _ in self._choice_genes()}
             genome = LoraGenome(
-                rank,
-                self._alpha(rank),
-                tuple(pop.target_modules),
-                pop.dropout,
-                lr,
-                seed,
-                kd_alpha,
-                decay,
+                rank, self._alpha(rank), tuple(pop.target_modules), pop.dropout, lr, seed, **genes
             )
             out.append(Individual(self._new_id(0), 0, genome, [], "random"))
         return out
@@ -241,22 +237,15 @@ class Orchestrator(RunControl):
             sorted(set(a.genome.target_modules) | set(b.genome.target_modules if b else ()))
         )
         seed = self.rng.randrange(2**31)
-        kd_alpha = a.genome.kd_alpha
-        if pop.kd_alphas:  # the gene: a parent's value, perhaps moved to a neighbouring one
+        genes = {}
+        for name, values, default in self._choice_genes():  # a parent's value, perhaps moved
+            v = getattr(a.genome, name)
             if b is not None:
-                kd_alpha = self.rng.choice([a.genome.kd_alpha, b.genome.kd_alpha])
-            if kd_alpha is None:  # a parent from before the gene (a resumed older run)
-                kd_alpha = self.profile.distill.alpha
-            kd_alpha = genetics.mutate_choice(kd_alpha, pop.kd_alphas, evo.mutation_rate, self.rng)
-        decay = a.genome.weight_decay
-        if pop.weight_decays:
-            if b is not None:
-                decay = self.rng.choice([a.genome.weight_decay, b.genome.weight_decay])
-            if decay is None:
-                decay = self.profile.training.weight_decay
-            decay = genetics.mutate_choice(decay, pop.weight_decays, evo.mutation_rate, self.rng)
+                v = self.rng.choice([v, getattr(b.genome, name)])
+            v = default if v is None else v  # a parent from before the gene (an older run)
+            genes[name] = genetics.mutate_choice(v, values, evo.mutation_rate, self.rng)
         genome = LoraGenome(
-            new_rank, self._alpha(new_rank), targets, pop.dropout, lr, seed, kd_alpha, decay
+            new_rank, self._alpha(new_rank), targets, pop.dropout, lr, seed, **genes
         )
         gen = torch.Generator().manual_seed(genome.seed)
         assert a.tensors is not None
@@ -369,6 +358,19 @@ class Orchestrator(RunControl):
                 Log("info", f"soup: no average of the best {k} beat {ranked[0].id} on validation")
             )
 
+    def _choice_genes(self) -> list[tuple[str, list[float], float]]:
+        """The genes this profile draws from a list of values: (genome field, the values, what
+        an individual without the gene uses), in a fixed order (the RNG draws follow it)."""
+        pop, prof = self.profile.population, self.profile
+        return [
+            (name, values, default)
+            for name, values, default in (
+                ("kd_alpha", pop.kd_alphas, prof.distill.alpha),
+                ("weight_decay", pop.weight_decays, prof.training.weight_decay),
+            )
+            if values
+        ]
+
     def _perturb_lr(self, lr: float) -> tuple[float, bool]:
         """PBT's explore: ``lr`` × or ÷ (1 + lr_perturbation) at random, within the spread's
         bounds when there are any; (new lr, whether it went up)."""
@@ -393,21 +395,14 @@ class Orchestrator(RunControl):
         # draw the same batches and train the same adapter twice (the seed only picks batches
         # and dropout here; the adapter is the elite's)
         seed = self.rng.randrange(2**31)
-        kd_alpha, pop = e.genome.kd_alpha, self.profile.population
-        if pop.kd_alphas:  # PBT explores every gene it has, the KD weight too
-            was = self.profile.distill.alpha if kd_alpha is None else kd_alpha
-            kd_alpha = genetics.mutate_choice(was, pop.kd_alphas, evo.mutation_rate, self.rng)
-            if kd_alpha != was:
-                op += f" kd {was:g}→{kd_alpha:g}"
-        decay = e.genome.weight_decay
-        if pop.weight_decays:
-            was = self.profile.training.weight_decay if decay is None else decay
-            decay = genetics.mutate_choice(was, pop.weight_decays, evo.mutation_rate, self.rng)
-            if decay != was:
-                op += f" wd {was:g}→{decay:g}"
-        genome = dataclasses.replace(
-            e.genome, learning_rate=lr, seed=seed, kd_alpha=kd_alpha, weight_decay=decay
-        )
+        genes = {}
+        for name, values, default in self._choice_genes():  # PBT explores every gene it has
+            was = getattr(e.genome, name)
+            was = default if was is None else was
+            genes[name] = genetics.mutate_choice(was, values, evo.mutation_rate, self.rng)
+            if genes[name] != was:
+                op += f" {_GENE_LABEL[name]} {was:g}→{genes[name]:g}"
+        genome = dataclasses.replace(e.genome, learning_rate=lr, seed=seed, **genes)
         child = Individual(self._new_id(generation), generation, genome, [e.id], op)
         assert e.tensors is not None
         child.tensors = {k: v.clone() for k, v in e.tensors.items()}

@@ -325,6 +325,14 @@ class PopulationConfig(BaseModel):
         "(mutation_rate); unset: every individual uses [distill] alpha, as the compute-matched "
         'fine-tune does (needs [distill] mode = "logits")',
     )
+    weight_decays: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
+        None,
+        min_length=1,
+        description="AdamW's weight decay as a gene: each random individual draws one of these "
+        "values, a child or continuation takes its parent's and may move to a neighbouring value "
+        "(mutation_rate); unset: every individual uses [training] weight_decay, as the "
+        "compute-matched fine-tune does",
+    )
 
     @field_validator("ranks")
     @classmethod
@@ -336,18 +344,9 @@ class PopulationConfig(BaseModel):
             )
         return sorted(v)
 
-    weight_decays: list[Annotated[float, Field(ge=0, le=100)]] | None = Field(
-        None,
-        min_length=1,
-        description="AdamW's weight decay as a gene: each random individual draws one of these "
-        "values, a child or continuation takes its parent's and may move to a neighbouring value "
-        "(mutation_rate); unset: every individual uses [training] weight_decay, as the "
-        "compute-matched fine-tune does",
-    )
-
     @field_validator("kd_alphas", "weight_decays")
     @classmethod
-    def _kd_alphas(cls, v: list[float] | None) -> list[float] | None:
+    def _values(cls, v: list[float] | None) -> list[float] | None:
         if v is None:
             return v
         dupes = sorted({a for a in v if v.count(a) > 1})
