@@ -53,6 +53,11 @@ class WorkerStartError(GenesisError):
     """A worker could not load its model or data."""
 
 
+class WorkerDoubleBooked(RuntimeError):
+    """A worker was about to be handed a job while it still held one: a bug in the pool's
+    bookkeeping, raised rather than leaving the first job's future unresolved forever."""
+
+
 @dataclass(eq=False)
 class _Worker:
     name: str
@@ -72,6 +77,16 @@ class _Worker:
     gone: bool = False
     seen_dead: bool = False
     jobs_done: int = field(default=0)
+
+
+def _loaded(w: _Worker) -> bool:
+    """Its current process has said Ready (a restarted one has not, until it loads again)."""
+    return (
+        w.ready is not None
+        and w.ready.done()
+        and not w.ready.cancelled()
+        and w.ready.exception() is None
+    )
 
 
 def exit_reason(code: int | None) -> str:
@@ -153,6 +168,11 @@ class IdleWorkers:
                     fut.set_result(item)
                     return
         self._free.append(item)
+
+    def discard(self, item: Any) -> None:
+        """Take ``item`` out of the free ones (a worker that died while free)."""
+        while item in self._free:
+            self._free.remove(item)
 
     def waiting(self, urgent: bool | None = None) -> int:
         """Jobs waiting for a worker (``urgent`` only, ordinary only, or all)."""
@@ -355,10 +375,11 @@ class WorkerPool(PoolBase):
     def _dispatch(self, msg: Any) -> None:
         if isinstance(msg, m.Ready):
             w = self._worker(msg.worker)
-            if w.ready is not None and not w.ready.done():
-                w.ready.set_result(msg)
+            if w.ready is None or w.ready.done() or msg.pid != w.process.pid:
+                return  # from a process since replaced, or said twice: it frees no worker
+            w.ready.set_result(msg)
             self.publish(WorkerState(w.name, w.role, w.device, "ready", msg.pid, msg.detail))
-            self._idle[w.role].put_nowait(w)
+            self._idle[w.role].put_nowait(w)  # a (re)started worker takes jobs from here on
         elif isinstance(msg, m.WorkerFatal):
             w = self._worker(msg.worker)
             w.gone = True
@@ -374,8 +395,14 @@ class WorkerPool(PoolBase):
 
             self.publish(TrainProgress(msg.id, msg.step, msg.steps, msg.loss, dict(msg.terms)))
         else:
-            fut = self._futures.pop(getattr(msg, "job", -1), None)
+            job = getattr(msg, "job", -1)
+            fut = self._futures.pop(job, None)
             if fut is None or fut.done():
+                # Nobody awaits this answer (its run() was cancelled): the worker that held the
+                # job is free only now, not when the job was given up.
+                holder = next((w for w in self.workers if w.job is not None and w.job == job), None)
+                if holder is not None:
+                    self._release(holder)
                 return
             if isinstance(msg, m.JobFailed):
                 fut.set_exception(JobError(msg.reason, msg.kind, msg.worker))
@@ -398,6 +425,10 @@ class WorkerPool(PoolBase):
 
     def _on_death(self, w: _Worker) -> None:
         code = w.process.exitcode
+        # Free when it died, it is free no longer: the process that replaces it enters the free
+        # ones on its Ready, not before (a job sent now would wait behind its loading, and a second
+        # one sent on the Ready would make the pool forget the first).
+        self._idle[w.role].discard(w)
         # Its task queue has no reader now: a task still in the feeder thread would block that
         # thread, and the exit of this process with it, forever.
         w.tasks.cancel_join_thread()
@@ -471,12 +502,7 @@ class WorkerPool(PoolBase):
         """
         last: Exception | None = None
         for _ in range(MAX_ATTEMPTS):
-            w = await self._idle[role].get(urgent)
-            if isinstance(w, Exception):
-                self._idle[role].put_nowait(w)
-                raise w
-            if w.gone or not w.process.is_alive():
-                continue
+            w = await self._take(role, urgent)
             if not still_wanted():
                 self._idle[role].put_nowait(w)
                 raise JobCancelled()
@@ -495,12 +521,39 @@ class WorkerPool(PoolBase):
                 last = exc
                 continue
             finally:
-                if w.incarnation == inc and not w.gone and w.process.is_alive():
-                    w.job = None
-                    w.jobs_done += 1
-                    self.publish(WorkerState(w.name, w.role, w.device, "idle", w.process.pid))
-                    self._idle[role].put_nowait(w)
+                # Given up (cancelled) while the worker still runs it, the job keeps the worker
+                # until its answer comes (_dispatch frees it then).
+                if w.incarnation == inc and w.job == job and not fut.cancelled():
+                    self._release(w)
         raise JobError(f"the job was lost {MAX_ATTEMPTS} times to dying workers ({last})")
+
+    async def _take(self, role: str, urgent: bool) -> _Worker:
+        """The next free worker of ``role`` that can take a job now: loaded (its Ready came),
+        alive, and holding no job. One that died after it was freed is passed over: its restart
+        frees it again on its Ready."""
+        while True:
+            w = await self._idle[role].get(urgent)
+            if isinstance(w, Exception):
+                self._idle[role].put_nowait(w)
+                raise w
+            if w.gone or not _loaded(w) or not w.process.is_alive():
+                continue
+            if w.job is not None:
+                raise WorkerDoubleBooked(
+                    f"the pool was about to give {w.name} (pid {w.process.pid}) a second job "
+                    f"while it runs job {w.job} ({w.job_label})"
+                )
+            return w
+
+    def _release(self, w: _Worker) -> None:
+        """``w`` has finished its job: it takes the next one (unless it died meanwhile: then the
+        monitor restarts it, and the new process is freed on its Ready)."""
+        if w.gone or not w.process.is_alive():
+            return
+        w.job = None
+        w.jobs_done += 1
+        self.publish(WorkerState(w.name, w.role, w.device, "idle", w.process.pid))
+        self._idle[w.role].put_nowait(w)
 
 
 def make_pool(profile: Any, publish: Callable[[Event], None], **kw: Any) -> Any:

@@ -3,9 +3,12 @@ in the middle of a job, and out-of-memory errors in training and evaluation."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +16,7 @@ from engine import events as ev
 from engine.orchestrator import Orchestrator
 from engine.profile import load_profile
 from engine.rundir import RunDir
+from engine.workers.pool import WorkerPool
 
 pytestmark = pytest.mark.slow
 
@@ -190,3 +194,118 @@ async def test_out_of_memory_in_evaluation_backs_off_to_fewer_rows_per_pass(tiny
     retries = [m for m in logs(seen, "warning") if "evaluation of" in m]
     assert any("retrying with 16 rows per forward pass" in m for m in retries)
     assert any("retrying with 8 rows per forward pass" in m for m in retries)
+
+
+# --- the pool alone, with real processes -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ping:
+    job: int
+
+
+@dataclass(frozen=True)
+class Pong:
+    job: int
+    pid: int
+
+
+def _wait_for_file(path: Path, bound: float = 600.0) -> None:
+    deadline = time.monotonic() + bound
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+class GatedWorker:
+    """A worker process that the test paces (a spawned worker imports this module by name): the
+    first process loads at once, a restarted one only once the file ``gate`` exists (it "loads
+    its model" as long as the test wants); a job is answered once ``release`` exists."""
+
+    def __init__(self, worker: str, device: str, profile: str, results, go) -> None:
+        self.dir = Path(profile)
+        if (self.dir / "loaded-once").exists():
+            _wait_for_file(self.dir / "gate")
+        (self.dir / "loaded-once").touch()
+        self.ready_detail = "gated"
+
+    def handle(self, task: Ping) -> Pong:
+        _wait_for_file(self.dir / "release")
+        return Pong(task.job, os.getpid())
+
+
+async def until(condition, what: str, bound: float = 180.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {bound:g} s for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_worker_killed_while_idle_gets_no_job_until_it_is_ready_again_and_loses_none(
+    tmp_path,
+):
+    # The chaos benchmark's hang: the restarted process of a coliseum killed while idle was sent
+    # a job while it still loaded, and a second on its Ready; the pool remembered only the second,
+    # and when the worker was killed again the first job's future never ended.
+    seen: list[ev.Event] = []
+    pool = WorkerPool(
+        str(tmp_path),
+        seen.append,
+        with_teacher=False,
+        log_dir=tmp_path / "logs",
+        specs=[("coliseum-0", "coliseum", "cpu", GatedWorker, 1)],
+    )
+
+    def states(state: str, pid: int) -> list[ev.WorkerState]:
+        return [
+            e for e in seen if isinstance(e, ev.WorkerState) and (e.state, e.pid) == (state, pid)
+        ]
+
+    jobs: list[asyncio.Task] = []
+    try:
+        await asyncio.wait_for(pool.start(), 300)
+        w = pool.workers[0]
+        first = w.process.pid
+        os.kill(first, signal.SIGKILL)  # idle: no job in flight
+        await until(lambda: w.process.pid != first, "the monitor to restart the killed worker")
+        second = w.process.pid  # loading until the gate opens
+        jobs = [asyncio.create_task(pool.run("coliseum", Ping)) for _ in range(2)]
+        idle = pool._idle["coliseum"]
+        await until(
+            lambda: idle.waiting() + len(states("busy", second)) == 2, "both jobs to be placed"
+        )
+        assert not states("busy", second), "a job was sent to a worker still loading its model"
+        (tmp_path / "gate").touch()
+        await until(lambda: states("busy", second), "the restarted worker to take a job")
+        os.kill(second, signal.SIGKILL)  # in the middle of that job (it waits for "release")
+        await until(lambda: w.process.pid != second, "the second restart")
+        (tmp_path / "release").touch()
+        done = await asyncio.wait_for(asyncio.gather(*jobs), 300)  # none is lost
+    finally:
+        (tmp_path / "gate").touch()
+        (tmp_path / "release").touch()
+        for job in jobs:
+            job.cancel()
+        await pool.close()
+    third = w.process.pid
+    assert sorted(d.job for d in done) == sorted({d.job for d in done}) and len(done) == 2
+    assert {d.pid for d in done} == {third}  # the job lost with the second process ran again
+    assert w.restarts == 2
+    # No worker took a job before its Ready, nor a second one before it was idle again.
+    loaded: set[int] = set()
+    holding = False
+    for e in seen:
+        if not isinstance(e, ev.WorkerState):
+            continue
+        if e.state == "ready":
+            loaded.add(e.pid)
+        elif e.state == "busy":
+            assert e.pid in loaded, f"pid {e.pid} was given a job before its Ready"
+            assert not holding, f"pid {e.pid} was given a second job"
+            holding = True
+        elif e.state in ("idle", "dead"):
+            holding = False
+    died = [m for m in logs(seen, "warning") if "died" in m]
+    assert len(died) == 2
+    assert f"(pid {first}, cpu) died while idle: killed by SIGKILL" in died[0]
+    assert f"(pid {second}, cpu) died while running ping: killed by SIGKILL" in died[1]
+    assert "its job runs again" in died[1]
