@@ -187,6 +187,23 @@ def test_the_tts_track_across_two_ray_nodes_matches_local_processes(tmp_path):
         assert "--- Ray actor " in (rd.path / "logs" / f"{name}.log").read_text()
 
 
+def test_a_private_instance_is_started_even_beside_another_ray_cluster(tiny_profile, tmp_path):
+    """A run with no [devices] ray_address starts a Ray instance of its own, even while another
+    cluster runs on the machine (ray.init() alone joins the newest one it finds, and then refuses
+    the CPUs it is given: found with the two-node test running beside the engine-kill test)."""
+    from conftest import cli, only_run
+    from ray.cluster_utils import Cluster
+
+    other = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        r = cli("--profile", str(tiny_profile(devices__executor="ray")), "--headless")
+    finally:
+        other.shutdown()
+    assert r.returncode == 0, r.stdout + r.stderr
+    events = (only_run(tmp_path / "runs") / "events.jsonl").read_text()
+    assert '"status":"completed"' in events
+
+
 def test_without_ray_installed_the_executor_is_a_profile_error(tiny_profile, monkeypatch):
     import importlib.util
 

@@ -302,7 +302,13 @@ class RayPool(PoolBase):
                 # local workers do); GPUs only those this machine has.
                 cpus = max(os.cpu_count() or 1, int(sum(d["num_cpus"] for d in demand)))
                 gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-                await asyncio.to_thread(ray.init, num_cpus=cpus, num_gpus=gpus, **kw)
+                # address="local": a new instance even where another Ray cluster runs on this
+                # machine (without it ray.init joins the newest one it finds, and refuses the
+                # num_cpus it is given: "When connecting to an existing cluster, num_cpus and
+                # num_gpus must not be provided" — seen with a test's cluster beside a run)
+                await asyncio.to_thread(
+                    ray.init, address="local", num_cpus=cpus, num_gpus=gpus, **kw
+                )
             self._started_ray = True
         self._check_capacity(ray.cluster_resources(), demand, address)
         self._shipped = await asyncio.to_thread(self._ship_models)
