@@ -22,6 +22,7 @@ import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -337,34 +338,28 @@ class PopulationConfig(BaseModel):
     @field_validator("ranks")
     @classmethod
     def _ranks(cls, v: list[int]) -> list[int]:
-        dupes = sorted({r for r in v if v.count(r) > 1})
-        if dupes:
-            raise _Problem(
-                f"lists {', '.join(map(str, dupes))} more than once — each rank may appear only once"
-            )
-        return sorted(v)
+        return sorted(_once(v, "rank", str))
 
     @field_validator("kd_alphas", "weight_decays")
     @classmethod
     def _values(cls, v: list[float] | None) -> list[float] | None:
-        if v is None:
-            return v
-        dupes = sorted({a for a in v if v.count(a) > 1})
-        if dupes:
-            raise _Problem(
-                f"lists {', '.join(map(str, dupes))} more than once — each value may appear only once"
-            )
-        return sorted(v)
+        return None if v is None else sorted(_once(v, "value", str))
 
     @field_validator("target_modules")
     @classmethod
     def _targets(cls, v: list[str]) -> list[str]:
-        dupes = sorted({m for m in v if v.count(m) > 1})
-        if dupes:
-            raise _Problem(
-                f"lists {', '.join(repr(m) for m in dupes)} more than once — each module may appear only once"
-            )
-        return v
+        return _once(v, "module", repr)
+
+
+def _once(v: list[Any], what: str, show: Callable[[Any], str]) -> list[Any]:
+    """``v`` when no entry repeats; else the problem, naming the repeated entries."""
+    dupes = sorted({x for x in v if v.count(x) > 1})
+    if dupes:
+        raise _Problem(
+            f"lists {', '.join(show(x) for x in dupes)} more than once — each {what} may appear "
+            "only once"
+        )
+    return v
 
 
 class EvolutionConfig(BaseModel):
